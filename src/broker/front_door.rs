@@ -1,0 +1,233 @@
+//! The broker's public listeners.
+//!
+//! rumqttd serves MQTT 3.1.1 and MQTT 5 on separate listeners, and a listener that
+//! fails to bind only logs. The front door binds the configured addresses itself (so
+//! a taken port is a startup error), reads the first bytes of each connection to learn
+//! the protocol level from its CONNECT packet, and splices the connection to rumqttd's
+//! internal loopback listener for that version. It also enforces the connection limit
+//! before a connection costs the router anything.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+/// The longest prefix needed: fixed header (1), remaining length (up to 4), protocol
+/// name length (2), "MQIsdp" (6), protocol level (1).
+const MAX_SNIFF_BYTES: usize = 14;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniff {
+    NeedMore,
+    Level(u8),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SniffError {
+    #[error("first packet is not CONNECT (header byte {0:#04x})")]
+    NotConnect(u8),
+    #[error("malformed remaining length")]
+    BadLength,
+    #[error("unknown protocol name")]
+    BadProtocolName,
+}
+
+/// Reads the protocol level from the start of an MQTT CONNECT packet.
+pub fn protocol_level(prefix: &[u8]) -> Result<Sniff, SniffError> {
+    let Some(&header) = prefix.first() else {
+        return Ok(Sniff::NeedMore);
+    };
+    if header != 0x10 {
+        return Err(SniffError::NotConnect(header));
+    }
+    let mut pos = 1;
+    loop {
+        let Some(&byte) = prefix.get(pos) else {
+            return Ok(Sniff::NeedMore);
+        };
+        pos += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if pos > 4 {
+            return Err(SniffError::BadLength);
+        }
+    }
+    let Some(name_len) = prefix.get(pos..pos + 2) else {
+        return Ok(Sniff::NeedMore);
+    };
+    let name_len = usize::from(u16::from_be_bytes([name_len[0], name_len[1]]));
+    pos += 2;
+    let Some(name) = prefix.get(pos..pos + name_len) else {
+        return if name_len > 6 {
+            Err(SniffError::BadProtocolName)
+        } else {
+            Ok(Sniff::NeedMore)
+        };
+    };
+    if name != b"MQTT" && name != b"MQIsdp" {
+        return Err(SniffError::BadProtocolName);
+    }
+    match prefix.get(pos + name_len) {
+        Some(&level) => Ok(Sniff::Level(level)),
+        None => Ok(Sniff::NeedMore),
+    }
+}
+
+/// Where accepted connections go.
+#[derive(Debug, Clone, Copy)]
+pub enum Route {
+    /// Plain MQTT: by protocol level, 5 to `v5`, anything else to `v4` (which answers
+    /// unsupported levels with a refusal).
+    ByVersion { v4: SocketAddr, v5: SocketAddr },
+    /// MQTT over WebSocket: everything to one backend.
+    Fixed(SocketAddr),
+}
+
+pub struct FrontDoor {
+    pub name: &'static str,
+    pub listener: TcpListener,
+    pub route: Route,
+    pub connections: Arc<Semaphore>,
+    pub sniff_timeout: Duration,
+}
+
+impl FrontDoor {
+    /// Accepts until `shutdown`; each connection lives in `tracker`.
+    pub async fn serve(self, tracker: TaskTracker, shutdown: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!(listener = self.name, "accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                warn!(listener = self.name, %peer, "connection limit reached, refusing");
+                continue;
+            };
+            let route = self.route;
+            let sniff_timeout = self.sniff_timeout;
+            let name = self.name;
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                let _permit = permit;
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    result = splice(stream, route, sniff_timeout) => {
+                        if let Err(err) = result {
+                            debug!(listener = name, %peer, "connection ended: {err}");
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SpliceError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("no CONNECT within the connect timeout")]
+    Timeout,
+    #[error(transparent)]
+    Sniff(#[from] SniffError),
+}
+
+async fn splice(mut client: TcpStream, route: Route, sniff_timeout: Duration) -> Result<(), SpliceError> {
+    client.set_nodelay(true)?;
+    let (backend_addr, prefix) = match route {
+        Route::Fixed(addr) => (addr, Vec::new()),
+        Route::ByVersion { v4, v5 } => {
+            let (level, prefix) = tokio::time::timeout(sniff_timeout, read_level(&mut client))
+                .await
+                .map_err(|_| SpliceError::Timeout)??;
+            (if level == 5 { v5 } else { v4 }, prefix)
+        }
+    };
+    let mut backend = TcpStream::connect(backend_addr).await?;
+    backend.set_nodelay(true)?;
+    backend.write_all(&prefix).await?;
+    tokio::io::copy_bidirectional(&mut client, &mut backend).await?;
+    Ok(())
+}
+
+async fn read_level(client: &mut TcpStream) -> Result<(u8, Vec<u8>), SpliceError> {
+    let mut prefix = Vec::with_capacity(MAX_SNIFF_BYTES);
+    let mut buf = [0u8; MAX_SNIFF_BYTES];
+    loop {
+        let wanted = MAX_SNIFF_BYTES - prefix.len();
+        let read = client.read(&mut buf[..wanted]).await?;
+        if read == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        prefix.extend_from_slice(&buf[..read]);
+        if let Sniff::Level(level) = protocol_level(&prefix)? {
+            return Ok((level, prefix));
+        }
+        if prefix.len() >= MAX_SNIFF_BYTES {
+            return Err(SniffError::BadProtocolName.into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_prefix(name: &[u8], level: u8) -> Vec<u8> {
+        let mut packet = vec![0x10, 0x20];
+        packet.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        packet.extend_from_slice(name);
+        packet.push(level);
+        packet.extend_from_slice(&[0x02, 0x00, 0x3c]);
+        packet
+    }
+
+    #[test]
+    fn reads_the_level_of_mqtt_311_5_and_31() {
+        assert_eq!(protocol_level(&connect_prefix(b"MQTT", 4)), Ok(Sniff::Level(4)));
+        assert_eq!(protocol_level(&connect_prefix(b"MQTT", 5)), Ok(Sniff::Level(5)));
+        assert_eq!(protocol_level(&connect_prefix(b"MQIsdp", 3)), Ok(Sniff::Level(3)));
+    }
+
+    #[test]
+    fn every_truncation_asks_for_more() {
+        let packet = connect_prefix(b"MQTT", 5);
+        for len in 0..9 {
+            assert_eq!(protocol_level(&packet[..len]), Ok(Sniff::NeedMore), "len {len}");
+        }
+    }
+
+    #[test]
+    fn multi_byte_remaining_length() {
+        let mut packet = vec![0x10, 0x80, 0x01];
+        packet.extend_from_slice(&[0x00, 0x04]);
+        packet.extend_from_slice(b"MQTT");
+        packet.push(5);
+        assert_eq!(protocol_level(&packet), Ok(Sniff::Level(5)));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_connect() {
+        assert_eq!(protocol_level(b"GET / HTTP/1.1"), Err(SniffError::NotConnect(b'G')));
+        assert_eq!(protocol_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]), Err(SniffError::BadLength));
+        assert_eq!(protocol_level(&connect_prefix(b"XQTT", 4)), Err(SniffError::BadProtocolName));
+        let mut long_name = vec![0x10, 0x20, 0x00, 0x40];
+        long_name.extend_from_slice(b"MQ");
+        assert_eq!(protocol_level(&long_name), Err(SniffError::BadProtocolName));
+    }
+}

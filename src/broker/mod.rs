@@ -1,0 +1,292 @@
+//! The embedded MQTT broker child: rumqttd behind the [`front_door`].
+//!
+//! `rumqttd::Broker::start` blocks its thread forever, which is why the broker is a
+//! process of its own. Its listeners are bound to loopback ports chosen at start;
+//! only the front door faces clients. Accounts come from `broker.users` (Argon2
+//! hashes); the daemon's own processes log in as [`INTERNAL_MQTT_USER`] with a
+//! password the supervisor makes up at each start and hands to its children.
+
+pub mod front_door;
+pub mod password;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::config::{Anonymous, BrokerConfig, INTERNAL_MQTT_USER, Secret};
+use front_door::{FrontDoor, Route};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {key} = {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot reserve an internal loopback port: {0}")]
+    InternalPort(std::io::Error),
+    #[error("the MQTT router did not start listening within {0:?}")]
+    RouterStart(Duration),
+    #[error("the MQTT router stopped: {0}")]
+    RouterStopped(String),
+}
+
+/// Runs the broker until `shutdown` is cancelled or the router dies.
+pub async fn run(
+    config: &BrokerConfig,
+    internal_password: Option<Secret>,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    let tcp = bind(config.listen, "broker.listen").await?;
+    let ws = bind(config.ws_listen, "broker.ws_listen").await?;
+    let internal = InternalPorts::reserve()?;
+
+    let router_config = router_config(config, &internal, internal_password);
+    let (router_done_tx, mut router_done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("mqtt-router".into())
+        .spawn(move || {
+            let outcome = rumqttd::Broker::new(router_config).start();
+            let _ = router_done_tx.send(outcome.map_err(|err| err.to_string()));
+        })
+        .map_err(|err| BrokerError::RouterStopped(err.to_string()))?;
+
+    let startup = Duration::from_secs(5);
+    tokio::select! {
+        ready = internal.wait_until_listening(startup) => ready?,
+        outcome = &mut router_done => return Err(router_stopped(outcome)),
+    }
+
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let sniff_timeout = Duration::from_millis(u64::from(config.connect_timeout_ms));
+    let tracker = TaskTracker::new();
+    for door in [
+        FrontDoor {
+            name: "mqtt",
+            listener: tcp,
+            route: Route::ByVersion {
+                v4: internal.v4,
+                v5: internal.v5,
+            },
+            connections: connections.clone(),
+            sniff_timeout,
+        },
+        FrontDoor {
+            name: "websocket",
+            listener: ws,
+            route: Route::Fixed(internal.ws),
+            connections,
+            sniff_timeout,
+        },
+    ] {
+        tracker.spawn(door.serve(tracker.clone(), shutdown.clone()));
+    }
+    tracker.close();
+    info!(
+        listen = %config.listen,
+        ws_listen = %config.ws_listen,
+        accounts = config.users.len(),
+        "broker accepting MQTT 3.1.1 and 5 (TCP) and MQTT 3.1.1 (WebSocket)"
+    );
+
+    let result = tokio::select! {
+        () = shutdown.cancelled() => Ok(()),
+        outcome = &mut router_done => Err(router_stopped(outcome)),
+    };
+    shutdown.cancel();
+    tracker.wait().await;
+    result
+}
+
+fn router_stopped(
+    outcome: Result<Result<(), String>, tokio::sync::oneshot::error::RecvError>,
+) -> BrokerError {
+    BrokerError::RouterStopped(match outcome {
+        Ok(Ok(())) => "all listeners ended".into(),
+        Ok(Err(err)) => err,
+        Err(_) => "router thread panicked".into(),
+    })
+}
+
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, BrokerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind { key, addr, source })
+}
+
+struct InternalPorts {
+    v4: SocketAddr,
+    v5: SocketAddr,
+    ws: SocketAddr,
+}
+
+impl InternalPorts {
+    /// Asks the kernel for three free loopback ports. rumqttd binds them itself a
+    /// moment later; the window in which another process could take one is tiny and
+    /// shows up as a clear startup error, never as a silent misroute.
+    fn reserve() -> Result<Self, BrokerError> {
+        let listeners = (0..3)
+            .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(BrokerError::InternalPort)?;
+        let addrs = listeners
+            .iter()
+            .map(std::net::TcpListener::local_addr)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(BrokerError::InternalPort)?;
+        Ok(Self {
+            v4: addrs[0],
+            v5: addrs[1],
+            ws: addrs[2],
+        })
+    }
+
+    /// rumqttd has no readiness signal; its listeners are up once they accept.
+    async fn wait_until_listening(&self, timeout: Duration) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for addr in [self.v4, self.v5, self.ws] {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(BrokerError::RouterStart(timeout));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn router_config(
+    config: &BrokerConfig,
+    internal: &InternalPorts,
+    internal_password: Option<Secret>,
+) -> rumqttd::Config {
+    let accounts: Arc<HashMap<String, Secret>> = Arc::new(
+        config
+            .users
+            .iter()
+            .map(|user| (user.name.clone(), user.password_hash.clone()))
+            .collect(),
+    );
+    let server = |name: &str, listen: SocketAddr, public: SocketAddr| {
+        let mut settings = ServerSettings {
+            name: name.into(),
+            listen,
+            tls: None,
+            next_connection_delay_ms: 0,
+            connections: ConnectionSettings {
+                connection_timeout_ms: config.connect_timeout_ms,
+                max_payload_size: config.max_payload_bytes,
+                max_inflight_count: config.max_inflight_messages,
+                auth: None,
+                external_auth: None,
+                dynamic_filters: true,
+            },
+        };
+        if !anonymous_allowed(config.anonymous, public) {
+            let accounts = accounts.clone();
+            let internal_password = internal_password.clone();
+            settings.set_auth_handler(move |_client_id, user: String, pass: String| {
+                let accounts = accounts.clone();
+                let internal_password = internal_password.clone();
+                async move { check_login(&accounts, internal_password.as_ref(), user, pass).await }
+            });
+        }
+        (name.to_string(), settings)
+    };
+    rumqttd::Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: config.max_connections,
+            max_outgoing_packet_count: 200,
+            max_segment_size: config.log_segment_bytes,
+            max_segment_count: config.log_segment_count,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([server("v4", internal.v4, config.listen)])),
+        v5: Some(HashMap::from([server("v5", internal.v5, config.listen)])),
+        ws: Some(HashMap::from([server("ws", internal.ws, config.ws_listen)])),
+        ..Default::default()
+    }
+}
+
+/// Anonymous access per listener. Config validation guarantees that no anonymous
+/// listener coexists with accounts, which rumqttd could not honour.
+fn anonymous_allowed(anonymous: Anonymous, public: SocketAddr) -> bool {
+    match anonymous {
+        Anonymous::Always => true,
+        Anonymous::Never => false,
+        Anonymous::Loopback => public.ip().is_loopback(),
+    }
+}
+
+async fn check_login(
+    accounts: &HashMap<String, Secret>,
+    internal_password: Option<&Secret>,
+    user: String,
+    pass: String,
+) -> bool {
+    if user == INTERNAL_MQTT_USER {
+        return internal_password.is_some_and(|expected| {
+            use subtle::ConstantTimeEq;
+            bool::from(expected.expose().as_bytes().ct_eq(pass.as_bytes()))
+        });
+    }
+    let Some(hash) = accounts.get(&user).cloned() else {
+        info!(user, "refused MQTT login: no such account");
+        return false;
+    };
+    let accepted = tokio::task::spawn_blocking(move || password::verify(&pass, hash.expose()))
+        .await
+        .unwrap_or(false);
+    if !accepted {
+        info!(user, "refused MQTT login: wrong password");
+    }
+    accepted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_mode_allows_anonymous_only_on_loopback_listeners() {
+        let loopback: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        let v6_loopback: SocketAddr = "[::1]:1883".parse().unwrap();
+        let lan: SocketAddr = "0.0.0.0:1883".parse().unwrap();
+        assert!(anonymous_allowed(Anonymous::Loopback, loopback));
+        assert!(anonymous_allowed(Anonymous::Loopback, v6_loopback));
+        assert!(!anonymous_allowed(Anonymous::Loopback, lan));
+        assert!(anonymous_allowed(Anonymous::Always, lan));
+        assert!(!anonymous_allowed(Anonymous::Never, loopback));
+    }
+
+    #[tokio::test]
+    async fn logins_are_checked_against_hashes_and_the_internal_password() {
+        let accounts = HashMap::from([(
+            "esp32".to_string(),
+            Secret::new(password::hash("s3cret").unwrap()),
+        )]);
+        let internal = Secret::new("internal-pw");
+        let login = |user: &str, pass: &str| {
+            check_login(&accounts, Some(&internal), user.into(), pass.into())
+        };
+        assert!(login("esp32", "s3cret").await);
+        assert!(!login("esp32", "wrong").await);
+        assert!(!login("nobody", "s3cret").await);
+        assert!(login(INTERNAL_MQTT_USER, "internal-pw").await);
+        assert!(!login(INTERNAL_MQTT_USER, "s3cret").await);
+        assert!(!check_login(&accounts, None, INTERNAL_MQTT_USER.into(), String::new()).await);
+    }
+}

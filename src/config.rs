@@ -1,0 +1,731 @@
+//! The one TOML configuration file, its defaults and its validation.
+//!
+//! Every setting has a default so the daemon runs with no file at all. Unknown keys
+//! and bad values are errors that name the key (`broker.listen: ...`), because a typo
+//! in a config file that is silently ignored is a support call later. Secrets never
+//! print: [`Secret`] redacts itself in `Debug` and in the effective config that
+//! `check-config` shows, and may come from the environment, systemd credentials or
+//! files under `keys/` instead of the file (see [`Config::resolve_secrets`]).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The username the daemon's own processes use on the embedded broker.
+pub const INTERNAL_MQTT_USER: &str = "smarthomed";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("cannot read secret {name} from {path}: {source}")]
+    SecretFile {
+        name: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// A secret value: never shown in logs, errors or `check-config` output.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "<redacted>" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub mqtt: MqttConfig,
+    pub slack: SlackConfig,
+    pub store: StoreConfig,
+    pub supervisor: SupervisorConfig,
+    pub secrets: SecretsConfig,
+}
+
+/// Who may connect to the embedded broker without a username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Anonymous {
+    /// Only on listeners bound to a loopback address (the default).
+    Loopback,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// false: no broker child; the processor and syncer use `mqtt.url`.
+    pub embedded: bool,
+    /// MQTT 3.1.1 and 5 over TCP.
+    pub listen: SocketAddr,
+    /// MQTT over WebSocket, for browser and webOS clients.
+    pub ws_listen: SocketAddr,
+    pub anonymous: Anonymous,
+    pub users: Vec<BrokerUser>,
+    pub max_payload_bytes: usize,
+    pub max_connections: usize,
+    pub max_inflight_messages: usize,
+    pub connect_timeout_ms: u16,
+    /// The broker keeps a log per subscribed filter of at most
+    /// `log_segment_bytes * log_segment_count` bytes; sized here for a Raspberry Pi.
+    pub log_segment_bytes: usize,
+    pub log_segment_count: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            ws_listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            anonymous: Anonymous::Loopback,
+            users: Vec::new(),
+            max_payload_bytes: 256 * 1024,
+            max_connections: 256,
+            max_inflight_messages: 100,
+            connect_timeout_ms: 5_000,
+            log_segment_bytes: 1024 * 1024,
+            log_segment_count: 2,
+        }
+    }
+}
+
+/// A broker account; the password is stored as a PHC hash (`smarthomed hash-password`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerUser {
+    pub name: String,
+    pub password_hash: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Empty: the embedded broker at `broker.listen`. Otherwise mqtt://, mqtts://,
+    /// ws:// or wss:// URL of an external broker.
+    pub url: String,
+    pub username: String,
+    pub password: Secret,
+    pub keep_alive_secs: u64,
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// A child alerts when it has been cut off from the broker this long.
+    pub lost_alert_after_secs: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            keep_alive_secs: 30,
+            reconnect_initial_ms: 500,
+            reconnect_max_ms: 30_000,
+            lost_alert_after_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    /// Bot token (xoxb-...). Empty: alerts only go to the log.
+    pub token: Secret,
+    pub channel: String,
+    pub api_url: String,
+    pub queue_capacity: usize,
+    /// Identical alerts within this window are sent once, then once more with a count.
+    pub coalesce_window_secs: u64,
+    pub max_attempts: u32,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for SlackConfig {
+    fn default() -> Self {
+        Self {
+            token: Secret::default(),
+            channel: "#server".into(),
+            api_url: "https://slack.com/api".into(),
+            queue_capacity: 64,
+            coalesce_window_secs: 300,
+            max_attempts: 6,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { dir: "data".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A child up this long is healthy again: its backoff starts over.
+    pub healthy_after_secs: u64,
+    /// More than `restart_limit` restarts of one child within `restart_window_secs`
+    /// stops the daemon with exit code 3 (see README, "Restarts").
+    pub restart_limit: u32,
+    pub restart_window_secs: u64,
+    /// Time a child gets to finish in-flight work after SIGTERM before SIGKILL.
+    pub stop_timeout_secs: u64,
+    pub broker_ready_timeout_secs: u64,
+    /// Lines of each child's output kept to show in an alert when it dies.
+    pub log_tail_lines: usize,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 60_000,
+            healthy_after_secs: 60,
+            restart_limit: 5,
+            restart_window_secs: 120,
+            stop_timeout_secs: 10,
+            broker_ready_timeout_secs: 30,
+            log_tail_lines: 20,
+        }
+    }
+}
+
+impl SupervisorConfig {
+    pub fn backoff_initial(&self) -> Duration {
+        Duration::from_millis(self.backoff_initial_ms)
+    }
+    pub fn backoff_max(&self) -> Duration {
+        Duration::from_millis(self.backoff_max_ms)
+    }
+    pub fn healthy_after(&self) -> Duration {
+        Duration::from_secs(self.healthy_after_secs)
+    }
+    pub fn restart_window(&self) -> Duration {
+        Duration::from_secs(self.restart_window_secs)
+    }
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.stop_timeout_secs)
+    }
+    pub fn broker_ready_timeout(&self) -> Duration {
+        Duration::from_secs(self.broker_ready_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Directory of secret files, one secret per file, named as in [`SECRET_SOURCES`].
+    pub keys_dir: PathBuf,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            keys_dir: "keys".into(),
+        }
+    }
+}
+
+/// Where each secret may come from besides the config file: (file name under
+/// `keys_dir` and `$CREDENTIALS_DIRECTORY`, environment variable).
+pub const SECRET_SOURCES: [(&str, &str); 2] = [
+    ("slack_token", "SMARTHOMED_SLACK_TOKEN"),
+    ("mqtt_password", "SMARTHOMED_MQTT_PASSWORD"),
+];
+
+/// The parts of the process environment that secrets may come from, passed in
+/// explicitly so that tests do not depend on the caller's environment.
+#[derive(Debug, Clone, Default)]
+pub struct SecretEnv {
+    pub vars: Vec<(String, String)>,
+    pub credentials_dir: Option<PathBuf>,
+}
+
+impl SecretEnv {
+    pub fn from_process() -> Self {
+        Self {
+            vars: SECRET_SOURCES
+                .iter()
+                .filter_map(|(_, var)| std::env::var(var).ok().map(|v| (var.to_string(), v)))
+                .collect(),
+            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        }
+    }
+
+    fn var(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(key, value)| key == name && !value.is_empty())
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+impl Config {
+    /// Reads `path`, or returns the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let config: Config =
+            serde_path_to_error::deserialize(deserializer).map_err(|err| ConfigError::Parse {
+                path: origin.to_owned(),
+                key: err.path().to_string(),
+                message: err.into_inner().to_string().trim().to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Fills empty secrets from, in order: the environment variable, the systemd
+    /// credential, the file under `secrets.keys_dir`. A secret set in the config file
+    /// is overridden by any of these.
+    pub fn resolve_secrets(&mut self, env: &SecretEnv) -> Result<(), ConfigError> {
+        for (name, var) in SECRET_SOURCES {
+            let found = match env.var(var) {
+                Some(value) => Some(value.to_owned()),
+                None => {
+                    let mut dirs: Vec<&Path> = Vec::new();
+                    if let Some(dir) = &env.credentials_dir {
+                        dirs.push(dir);
+                    }
+                    dirs.push(&self.secrets.keys_dir);
+                    read_secret_file(name, &dirs)?
+                }
+            };
+            if let Some(value) = found {
+                *self.secret_mut(name) = Secret::new(value);
+            }
+        }
+        Ok(())
+    }
+
+    fn secret_mut(&mut self, name: &str) -> &mut Secret {
+        match name {
+            "slack_token" => &mut self.slack.token,
+            "mqtt_password" => &mut self.mqtt.password,
+            other => unreachable!("SECRET_SOURCES names unknown secret {other}"),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let sup = &self.supervisor;
+        if sup.restart_limit == 0 {
+            return Err(invalid("supervisor.restart_limit", "must be at least 1"));
+        }
+        if sup.restart_window_secs == 0 {
+            return Err(invalid("supervisor.restart_window_secs", "must be at least 1"));
+        }
+        if sup.backoff_initial_ms == 0 {
+            return Err(invalid("supervisor.backoff_initial_ms", "must be at least 1"));
+        }
+        if sup.backoff_max_ms < sup.backoff_initial_ms {
+            return Err(invalid(
+                "supervisor.backoff_max_ms",
+                "must not be below supervisor.backoff_initial_ms",
+            ));
+        }
+        if sup.log_tail_lines == 0 {
+            return Err(invalid("supervisor.log_tail_lines", "must be at least 1"));
+        }
+        if self.mqtt.reconnect_max_ms < self.mqtt.reconnect_initial_ms {
+            return Err(invalid(
+                "mqtt.reconnect_max_ms",
+                "must not be below mqtt.reconnect_initial_ms",
+            ));
+        }
+        if self.mqtt.keep_alive_secs == 0 {
+            return Err(invalid("mqtt.keep_alive_secs", "must be at least 1"));
+        }
+        self.validate_slack()?;
+        self.validate_broker()?;
+        self.validate_mqtt_url()
+    }
+
+    fn validate_slack(&self) -> Result<(), ConfigError> {
+        let slack = &self.slack;
+        let url = url::Url::parse(&slack.api_url)
+            .map_err(|err| invalid("slack.api_url", format!("not a URL: {err}")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(invalid("slack.api_url", "must be an https:// (or http://) URL"));
+        }
+        if slack.channel.trim().is_empty() {
+            return Err(invalid("slack.channel", "must not be empty"));
+        }
+        if slack.queue_capacity == 0 {
+            return Err(invalid("slack.queue_capacity", "must be at least 1"));
+        }
+        if slack.max_attempts == 0 {
+            return Err(invalid("slack.max_attempts", "must be at least 1"));
+        }
+        if slack.retry_max_ms < slack.retry_initial_ms {
+            return Err(invalid(
+                "slack.retry_max_ms",
+                "must not be below slack.retry_initial_ms",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_broker(&self) -> Result<(), ConfigError> {
+        let broker = &self.broker;
+        if !broker.embedded {
+            return Ok(());
+        }
+        if broker.listen == broker.ws_listen {
+            return Err(invalid("broker.ws_listen", "must differ from broker.listen"));
+        }
+        if broker.max_payload_bytes == 0 {
+            return Err(invalid("broker.max_payload_bytes", "must be at least 1"));
+        }
+        if broker.max_connections == 0 {
+            return Err(invalid("broker.max_connections", "must be at least 1"));
+        }
+        if broker.log_segment_bytes < broker.max_payload_bytes {
+            return Err(invalid(
+                "broker.log_segment_bytes",
+                "must hold at least one message of broker.max_payload_bytes",
+            ));
+        }
+        if broker.log_segment_count == 0 {
+            return Err(invalid("broker.log_segment_count", "must be at least 1"));
+        }
+        let mut names = HashSet::new();
+        for user in &broker.users {
+            if user.name.is_empty() {
+                return Err(invalid("broker.users.name", "must not be empty"));
+            }
+            if user.name == INTERNAL_MQTT_USER {
+                return Err(invalid(
+                    "broker.users.name",
+                    format!("\"{INTERNAL_MQTT_USER}\" is reserved for the daemon's own processes"),
+                ));
+            }
+            if !names.insert(user.name.as_str()) {
+                return Err(invalid(
+                    "broker.users.name",
+                    format!("user \"{}\" is listed twice", user.name),
+                ));
+            }
+            crate::broker::password::check_hash_format(user.password_hash.expose()).map_err(
+                |err| {
+                    invalid(
+                        "broker.users.password_hash",
+                        format!("user \"{}\": {err}; make one with `smarthomed hash-password`", user.name),
+                    )
+                },
+            )?;
+        }
+        if broker.anonymous == Anonymous::Always && !broker.users.is_empty() {
+            return Err(invalid(
+                "broker.anonymous",
+                "\"always\" cannot be combined with broker.users: once accounts exist the \
+                 embedded broker asks every client for credentials",
+            ));
+        }
+        if broker.users.is_empty() && broker.anonymous != Anonymous::Always {
+            for (key, addr) in [("broker.listen", broker.listen), ("broker.ws_listen", broker.ws_listen)] {
+                if !addr.ip().is_loopback() || broker.anonymous == Anonymous::Never {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "no client could connect to {addr}: anonymous access is \"{}\" and \
+                             broker.users is empty; add broker.users or set broker.anonymous",
+                            serde_variant(broker.anonymous)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_mqtt_url(&self) -> Result<(), ConfigError> {
+        if self.mqtt.url.is_empty() {
+            if !self.broker.embedded {
+                return Err(invalid(
+                    "mqtt.url",
+                    "must name the external broker when broker.embedded = false",
+                ));
+            }
+            return Ok(());
+        }
+        let url = url::Url::parse(&self.mqtt.url)
+            .map_err(|err| invalid("mqtt.url", format!("not a URL: {err}")))?;
+        if !matches!(url.scheme(), "mqtt" | "mqtts" | "ws" | "wss") {
+            return Err(invalid("mqtt.url", "scheme must be mqtt, mqtts, ws or wss"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(
+                "mqtt.url",
+                "must not carry credentials; use mqtt.username and mqtt.password",
+            ));
+        }
+        if url.host_str().is_none() {
+            return Err(invalid("mqtt.url", "has no host"));
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+fn serde_variant(anonymous: Anonymous) -> &'static str {
+    match anonymous {
+        Anonymous::Loopback => "loopback",
+        Anonymous::Always => "always",
+        Anonymous::Never => "never",
+    }
+}
+
+fn read_secret_file(name: &'static str, dirs: &[&Path]) -> Result<Option<String>, ConfigError> {
+    for dir in dirs {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let value = text.trim();
+                if !value.is_empty() {
+                    return Ok(Some(value.to_owned()));
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ConfigError::SecretFile { name, path, source }),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).expect_err("config should be rejected").to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.broker.listen, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(config.broker.ws_listen, "127.0.0.1:8083".parse().unwrap());
+        assert_eq!(config.slack.channel, "#server");
+        assert_eq!(config.slack.api_url, "https://slack.com/api");
+        assert!(config.slack.token.is_empty());
+        assert_eq!(config.store.dir, PathBuf::from("data"));
+        assert!(config.broker.embedded);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_section() {
+        let err = error_of("[broker]\nlisen = \"127.0.0.1:1\"\n");
+        assert!(err.contains("broker.lisen"), "{err}");
+        let err = error_of("[brokr]\n");
+        assert!(err.contains("brokr"), "{err}");
+        let err = error_of("[slack]\nchanel = \"#x\"\n");
+        assert!(err.contains("slack.chanel"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("[broker]\nlisten = \"not an address\"", "broker.listen"),
+            ("[broker]\nws_listen = 8083", "broker.ws_listen"),
+            ("[slack]\nchannel = 5", "slack.channel"),
+            ("[store]\ndir = []", "store.dir"),
+            ("[supervisor]\nrestart_limit = -1", "supervisor.restart_limit"),
+            ("[broker]\nanonymous = \"sometimes\"", "broker.anonymous"),
+        ] {
+            let err = error_of(text);
+            assert!(err.contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        for (text, key) in [
+            ("[supervisor]\nrestart_limit = 0", "supervisor.restart_limit"),
+            ("[supervisor]\nbackoff_initial_ms = 10\nbackoff_max_ms = 5", "supervisor.backoff_max_ms"),
+            ("[slack]\napi_url = \"ftp://x\"", "slack.api_url"),
+            ("[slack]\napi_url = \"not a url\"", "slack.api_url"),
+            ("[slack]\nchannel = \" \"", "slack.channel"),
+            ("[broker]\nembedded = false", "mqtt.url"),
+            ("[mqtt]\nurl = \"http://x\"", "mqtt.url"),
+            ("[mqtt]\nurl = \"mqtt://u:p@host\"", "mqtt.url"),
+            ("[broker]\nlisten = \"0.0.0.0:1883\"", "broker.listen"),
+            ("[broker]\nanonymous = \"never\"", "broker.listen"),
+            ("[broker]\nws_listen = \"127.0.0.1:1883\"", "broker.ws_listen"),
+            (
+                "[broker]\nanonymous = \"always\"\n[[broker.users]]\nname = \"a\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$Z2l2ZW5oYXNoZ2l2ZW5oYXNo\"",
+                "broker.anonymous",
+            ),
+            ("[[broker.users]]\nname = \"a\"\npassword_hash = \"plain\"", "broker.users.password_hash"),
+            ("[[broker.users]]\nname = \"smarthomed\"\npassword_hash = \"x\"", "broker.users.name"),
+        ] {
+            let err = error_of(text);
+            assert!(err.starts_with(key) || err.contains(&format!(": {key}")), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn a_non_loopback_listener_is_fine_with_accounts() {
+        let hash = crate::broker::password::hash("secret").unwrap();
+        let text = format!(
+            "[broker]\nlisten = \"0.0.0.0:1883\"\n[[broker.users]]\nname = \"esp32\"\npassword_hash = \"{hash}\"\n"
+        );
+        parse(&text).unwrap();
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_effective_config_and_debug() {
+        let mut config = parse("[slack]\ntoken = \"xoxb-very-secret\"\n").unwrap();
+        config.mqtt.password = Secret::new("hunter2");
+        let shown = format!("{}{:?}", config.to_redacted_toml(), config);
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn effective_config_parses_back() {
+        let config = parse("").unwrap();
+        parse(&config.to_redacted_toml()).unwrap();
+    }
+
+    #[test]
+    fn secrets_come_from_env_then_credentials_then_keys_then_file() {
+        let creds = tempfile::tempdir().unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        std::fs::write(keys.path().join("slack_token"), "from-keys\n").unwrap();
+        std::fs::write(keys.path().join("mqtt_password"), "pw-from-keys").unwrap();
+        let text = format!(
+            "[slack]\ntoken = \"from-file\"\n[secrets]\nkeys_dir = {:?}\n",
+            keys.path()
+        );
+
+        let mut config = parse(&text).unwrap();
+        config.resolve_secrets(&SecretEnv::default()).unwrap();
+        assert_eq!(config.slack.token.expose(), "from-keys");
+        assert_eq!(config.mqtt.password.expose(), "pw-from-keys");
+
+        std::fs::write(creds.path().join("slack_token"), "from-credentials").unwrap();
+        let env = SecretEnv {
+            vars: vec![],
+            credentials_dir: Some(creds.path().to_owned()),
+        };
+        let mut config = parse(&text).unwrap();
+        config.resolve_secrets(&env).unwrap();
+        assert_eq!(config.slack.token.expose(), "from-credentials");
+
+        let env = SecretEnv {
+            vars: vec![("SMARTHOMED_SLACK_TOKEN".into(), "from-env".into())],
+            credentials_dir: Some(creds.path().to_owned()),
+        };
+        let mut config = parse(&text).unwrap();
+        config.resolve_secrets(&env).unwrap();
+        assert_eq!(config.slack.token.expose(), "from-env");
+    }
+
+    #[test]
+    fn config_file_secret_stays_when_nothing_overrides_it() {
+        let keys = tempfile::tempdir().unwrap();
+        let text = format!("[slack]\ntoken = \"from-file\"\n[secrets]\nkeys_dir = {:?}\n", keys.path());
+        let mut config = parse(&text).unwrap();
+        config.resolve_secrets(&SecretEnv::default()).unwrap();
+        assert_eq!(config.slack.token.expose(), "from-file");
+    }
+
+    #[test]
+    fn unreadable_secret_file_is_an_error_without_its_content() {
+        let keys = tempfile::tempdir().unwrap();
+        std::fs::create_dir(keys.path().join("slack_token")).unwrap();
+        let text = format!("[secrets]\nkeys_dir = {:?}\n", keys.path());
+        let mut config = parse(&text).unwrap();
+        let err = config.resolve_secrets(&SecretEnv::default()).unwrap_err().to_string();
+        assert!(err.contains("slack_token"), "{err}");
+    }
+
+    #[test]
+    fn missing_config_file_is_a_clear_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/smarthomed.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/smarthomed.toml"), "{err}");
+    }
+}

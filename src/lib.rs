@@ -1,0 +1,16 @@
+//! smarthomed: a self-hosted smart-home backend in one binary.
+//!
+//! A [`supervisor`] process starts three children, each this same binary with a role:
+//! the embedded MQTT [`broker`], the command [`processor`] and the [`syncer`]. MQTT is
+//! the bus between them ([`mqtt`]); failures become [`alert`]s that the supervisor
+//! delivers to Slack.
+
+pub mod alert;
+pub mod backoff;
+pub mod broker;
+pub mod child_context;
+pub mod config;
+pub mod mqtt;
+pub mod processor;
+pub mod supervisor;
+pub mod syncer;

@@ -1,0 +1,193 @@
+//! The `smarthomed` command line: the binary's edge, where errors become messages and
+//! exit codes. Everything else lives in the library.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing_subscriber::EnvFilter;
+
+use smarthomed::child_context::ChildContext;
+use smarthomed::config::{Config, SecretEnv};
+use smarthomed::{broker, processor, supervisor, syncer};
+
+/// Exit code for a config that cannot be used (systemd: RestartPreventExitStatus).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(version, about = "Self-hosted smart-home backend: embedded MQTT broker, command processor and syncer under one supervisor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the daemon: the supervisor and its broker, processor and syncer children.
+    Run(ConfigArg),
+    /// Run only the embedded MQTT broker in the foreground (what the supervisor starts).
+    Broker(ConfigArg),
+    /// Run only the command processor in the foreground (what the supervisor starts).
+    Processor(ConfigArg),
+    /// Run only the syncer in the foreground (what the supervisor starts).
+    Syncer(ConfigArg),
+    /// Validate a config and print the effective one, secrets redacted.
+    CheckConfig(ConfigArg),
+    /// Read a password from standard input and print its hash for [[broker.users]].
+    HashPassword,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// TOML config file; without one every setting takes its default.
+    #[arg(short, long, env = "SMARTHOMED_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> Result<Config, smarthomed::config::ConfigError> {
+        let mut config = Config::load(self.config.as_deref())?;
+        config.resolve_secrets(&SecretEnv::from_process())?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    if rustls::crypto::ring::default_provider().install_default().is_err() {
+        tracing::debug!("a TLS crypto provider was already installed");
+    }
+    let args = match &cli.command {
+        Command::HashPassword => return report(hash_password()),
+        Command::Run(args)
+        | Command::Broker(args)
+        | Command::Processor(args)
+        | Command::Syncer(args)
+        | Command::CheckConfig(args) => args,
+    };
+    let config = match args.load() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig(_) => {
+            print!("{}", config.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => match current_thread().map(|rt| rt.block_on(supervisor::run(config, args.config))) {
+            Ok(Ok(code)) => code,
+            Ok(Err(err)) => report(Err(err.into())),
+            Err(err) => report(Err(err)),
+        },
+        Command::Broker(_) => report(current_thread().and_then(|rt| {
+            rt.block_on(as_child(config, |context, shutdown| async move {
+                broker::run(&context.config.broker, context.internal_password.clone(), shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }))
+        })),
+        Command::Processor(_) => report(multi_thread().and_then(|rt| {
+            rt.block_on(as_child(config, |context, shutdown| async move {
+                processor::run(context, shutdown).await.map_err(anyhow::Error::from)
+            }))
+        })),
+        Command::Syncer(_) => report(multi_thread().and_then(|rt| {
+            rt.block_on(as_child(config, |context, shutdown| async move {
+                syncer::run(context, shutdown).await.map_err(anyhow::Error::from)
+            }))
+        })),
+        Command::HashPassword => unreachable!("handled before loading the config"),
+    }
+}
+
+/// Runs a child's job until SIGTERM or SIGINT (also the parent-death signal).
+async fn as_child<F, Fut>(config: Config, job: F) -> anyhow::Result<()>
+where
+    F: FnOnce(ChildContext, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let signalled = shutdown.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            () = signalled.cancelled() => return,
+        }
+        tracing::info!("stopping");
+        signalled.cancel();
+    });
+    let context = ChildContext::from_env(config, &tasks);
+    let result = job(context, shutdown.clone()).await;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    result
+}
+
+fn hash_password() -> anyhow::Result<()> {
+    if std::io::stdin().is_terminal() {
+        eprintln!("password (input is shown; pipe it in to keep it off the screen):");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read standard input")?;
+    let hash = smarthomed::broker::password::hash(line.trim_end_matches(['\r', '\n']))?;
+    println!("{hash}");
+    Ok(())
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    // The supervisor stays on the main thread: PR_SET_PDEATHSIG fires when the thread
+    // that spawned a child exits, so children must be spawned from one that never does.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn multi_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn,rumqttc=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A child's lines are re-logged by the supervisor, which adds time and name;
+    // journald stamps time itself.
+    if std::env::var_os("SMARTHOMED_CHILD").is_some() {
+        builder.without_time().with_target(false).with_ansi(false).init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}

@@ -1,0 +1,316 @@
+//! The MQTT link of the processor and the syncer: one long-lived rumqttc connection
+//! per process, to the embedded broker or to an external one (`mqtt.url`).
+//!
+//! [`Link::run`] drives the connection until shutdown: it reconnects with backoff,
+//! logs state changes once (not every retry), re-subscribes after every reconnect,
+//! keeps a retained availability message (`smarthomed/<role>/availability`: "online",
+//! or "offline" by last will or on a clean stop), raises an alert when the broker has
+//! been gone too long, and hands every incoming publish to a bounded queue, so the
+//! network is never read faster than handlers can keep up.
+
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::alert::{Alert, Alerter};
+use crate::backoff::Backoff;
+use crate::config::{Config, INTERNAL_MQTT_USER, Secret};
+
+/// Environment variable through which the supervisor gives its children the password
+/// of [`INTERNAL_MQTT_USER`] on the embedded broker.
+pub const INTERNAL_PASSWORD_ENV: &str = "SMARTHOMED_INTERNAL_MQTT_PASSWORD";
+
+/// Room for requests queued by handlers while the connection is down.
+const CLIENT_QUEUE: usize = 64;
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("mqtt.url: {0}")]
+    Url(String),
+}
+
+pub fn availability_topic(role: &str) -> String {
+    format!("smarthomed/{role}/availability")
+}
+
+/// Client options for `role` ("processor", "syncer", "supervisor-probe", ...).
+pub fn client_options(
+    config: &Config,
+    role: &str,
+    internal_password: Option<&Secret>,
+) -> Result<MqttOptions, MqttError> {
+    let client_id = format!("smarthomed-{role}");
+    let mut options = if config.mqtt.url.is_empty() {
+        let listen = config.broker.listen;
+        let host = match listen.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+            ip if ip.is_unspecified() => "::1".to_string(),
+            ip => ip.to_string(),
+        };
+        MqttOptions::new(client_id, host, listen.port())
+    } else {
+        external_options(&config.mqtt.url, client_id)?
+    };
+    options.set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_secs));
+    let payload_limit = config.broker.max_payload_bytes + 1024;
+    options.set_max_packet_size(payload_limit, payload_limit);
+    match internal_password {
+        Some(password) if config.mqtt.url.is_empty() => {
+            options.set_credentials(INTERNAL_MQTT_USER, password.expose());
+        }
+        _ if !config.mqtt.username.is_empty() => {
+            options.set_credentials(config.mqtt.username.clone(), config.mqtt.password.expose());
+        }
+        _ => {}
+    }
+    Ok(options)
+}
+
+fn external_options(url: &str, client_id: String) -> Result<MqttOptions, MqttError> {
+    let parsed = url::Url::parse(url).map_err(|err| MqttError::Url(err.to_string()))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| MqttError::Url("no host".into()))?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let (transport, default_port) = match parsed.scheme() {
+        "mqtt" => (Transport::Tcp, 1883),
+        "mqtts" => (Transport::tls_with_default_config(), 8883),
+        "ws" => (Transport::Ws, 80),
+        "wss" => (Transport::wss_with_default_config(), 443),
+        other => return Err(MqttError::Url(format!("unsupported scheme {other}"))),
+    };
+    let port = parsed.port().unwrap_or(default_port);
+    // rumqttc wants the whole URL as the host of a WebSocket connection.
+    let host = if matches!(parsed.scheme(), "ws" | "wss") { url.to_owned() } else { host };
+    let mut options = MqttOptions::new(client_id, host, port);
+    options.set_transport(transport);
+    Ok(options)
+}
+
+/// A configured but not yet running connection.
+pub struct Link {
+    role: &'static str,
+    client: AsyncClient,
+    eventloop: EventLoop,
+    subscriptions: Vec<(String, QoS)>,
+    reconnect: Backoff,
+    lost_alert_after: Duration,
+    alerter: Alerter,
+}
+
+impl Link {
+    pub fn new(
+        role: &'static str,
+        mut options: MqttOptions,
+        config: &Config,
+        alerter: Alerter,
+    ) -> Self {
+        options.set_last_will(LastWill::new(
+            availability_topic(role),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
+        Self {
+            role,
+            client,
+            eventloop,
+            subscriptions: Vec::new(),
+            reconnect: Backoff::new(
+                Duration::from_millis(config.mqtt.reconnect_initial_ms),
+                Duration::from_millis(config.mqtt.reconnect_max_ms),
+            ),
+            lost_alert_after: Duration::from_secs(config.mqtt.lost_alert_after_secs),
+            alerter,
+        }
+    }
+
+    /// Filters to (re-)subscribe after every connect.
+    pub fn subscribe(&mut self, filter: impl Into<String>, qos: QoS) {
+        self.subscriptions.push((filter.into(), qos));
+    }
+
+    /// A handle for publishing; requests queue while the connection is down.
+    pub fn client(&self) -> AsyncClient {
+        self.client.clone()
+    }
+
+    /// Drives the connection until `shutdown`, then says "offline" and disconnects.
+    pub async fn run(mut self, incoming: mpsc::Sender<Publish>, shutdown: CancellationToken) {
+        let mut state = LinkState::default();
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = self.eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => self.on_connected(&mut state).await,
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let forwarded = tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        sent = incoming.send(publish) => sent,
+                    };
+                    if forwarded.is_err() {
+                        debug!(role = self.role, "incoming queue closed");
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    let wait = self.on_error(&mut state, &err);
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        self.stop(state.connected_since.is_some()).await;
+    }
+
+    async fn on_connected(&mut self, state: &mut LinkState) {
+        self.reconnect.reset();
+        if let Some(lost_at) = state.lost_since.take() {
+            info!(role = self.role, after = ?lost_at.elapsed(), "reconnected to the MQTT broker");
+            if state.alerted_loss {
+                self.alerter.raise(Alert::new(
+                    self.role,
+                    "reconnected to the MQTT broker",
+                    format!("after {} s", lost_at.elapsed().as_secs()),
+                ));
+            }
+        } else {
+            info!(role = self.role, "connected to the MQTT broker");
+        }
+        state.alerted_loss = false;
+        state.connected_since = Some(Instant::now());
+        for (filter, qos) in &self.subscriptions {
+            if let Err(err) = self.client.try_subscribe(filter.clone(), *qos) {
+                warn!(role = self.role, filter, "cannot queue subscription: {err}");
+            }
+        }
+        if let Err(err) = self
+            .client
+            .try_publish(availability_topic(self.role), QoS::AtLeastOnce, true, "online")
+        {
+            warn!(role = self.role, "cannot queue availability: {err}");
+        }
+    }
+
+    fn on_error(&mut self, state: &mut LinkState, err: &ConnectionError) -> Duration {
+        let now = Instant::now();
+        if state.connected_since.take().is_some() || state.lost_since.is_none() {
+            warn!(role = self.role, "MQTT connection lost or refused: {err}; retrying with backoff");
+            state.lost_since = Some(now);
+        } else {
+            debug!(role = self.role, "MQTT reconnect failed: {err}");
+        }
+        let lost_for = state.lost_since.map_or(Duration::ZERO, |since| now - since);
+        if !state.alerted_loss && lost_for >= self.lost_alert_after {
+            state.alerted_loss = true;
+            self.alerter.raise(Alert::new(
+                self.role,
+                "cannot reach the MQTT broker",
+                format!("for {} s; last error: {err}", lost_for.as_secs()),
+            ));
+        }
+        self.reconnect.next_delay()
+    }
+
+    async fn stop(mut self, connected: bool) {
+        if !connected {
+            return;
+        }
+        let goodbye = async {
+            self.client
+                .publish(availability_topic(self.role), QoS::AtLeastOnce, true, "offline")
+                .await?;
+            self.client.disconnect().await
+        };
+        if let Err(err) = goodbye.await {
+            debug!(role = self.role, "cannot queue goodbye: {err}");
+            return;
+        }
+        let flushed = tokio::time::timeout(STOP_GRACE, async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if flushed.is_err() {
+            debug!(role = self.role, "broker did not take the goodbye in time");
+        }
+        info!(role = self.role, "disconnected from the MQTT broker");
+    }
+}
+
+/// Drives `link` for a process whose handlers are not written yet: it stays connected
+/// and announces itself, and anything it receives is logged and dropped.
+pub async fn run_without_handlers(link: Link, shutdown: CancellationToken) {
+    let role = link.role;
+    let (incoming, mut queue) = mpsc::channel::<Publish>(CLIENT_QUEUE);
+    let drain = async {
+        while let Some(publish) = queue.recv().await {
+            debug!(role, topic = publish.topic, "no handler for this message");
+        }
+    };
+    tokio::join!(link.run(incoming, shutdown), drain);
+}
+
+#[derive(Default)]
+struct LinkState {
+    connected_since: Option<Instant>,
+    lost_since: Option<Instant>,
+    alerted_loss: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn login(options: &MqttOptions) -> Option<(String, String)> {
+        options.credentials().map(|login| (login.username, login.password))
+    }
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn embedded_broker_on_an_unspecified_address_is_reached_on_loopback() {
+        let options = client_options(&config("[broker]\nlisten = \"0.0.0.0:1999\"\nanonymous = \"always\""), "processor", None).unwrap();
+        assert_eq!(options.broker_address(), ("127.0.0.1".to_string(), 1999));
+        assert_eq!(options.client_id(), "smarthomed-processor");
+    }
+
+    #[test]
+    fn internal_credentials_apply_to_the_embedded_broker_only() {
+        let internal = Secret::new("pw");
+        let options = client_options(&config(""), "syncer", Some(&internal)).unwrap();
+        assert_eq!(login(&options), Some((INTERNAL_MQTT_USER.to_string(), "pw".to_string())));
+
+        let external = config("[broker]\nembedded = false\n[mqtt]\nurl = \"mqtt://10.0.0.2\"\nusername = \"home\"\npassword = \"x\"");
+        let options = client_options(&external, "syncer", Some(&internal)).unwrap();
+        assert_eq!(options.broker_address(), ("10.0.0.2".to_string(), 1883));
+        assert_eq!(login(&options), Some(("home".to_string(), "x".to_string())));
+    }
+
+    #[test]
+    fn external_schemes_pick_default_ports() {
+        for (url, port) in [("mqtt://h", 1883), ("mqtts://h", 8883), ("mqtt://h:2000", 2000), ("mqtt://[::1]:2001", 2001)] {
+            let options = external_options(url, "id".into()).unwrap();
+            assert_eq!(options.broker_address().1, port, "{url}");
+        }
+        assert_eq!(external_options("mqtt://[::1]:2001", "id".into()).unwrap().broker_address().0, "::1");
+    }
+}
