@@ -177,7 +177,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn,rumqttc=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -192,7 +192,7 @@ fn router_config(
                 dynamic_filters: true,
             },
         };
-        if !anonymous_allowed(config.anonymous, public) {
+        if !anonymous_allowed(config.anonymous, !config.users.is_empty(), public) {
             let accounts = accounts.clone();
             let internal_password = internal_password.clone();
             settings.set_auth_handler(move |_client_id, user: String, pass: String| {
@@ -221,9 +221,12 @@ fn router_config(
     }
 }
 
-/// Anonymous access per listener. Config validation guarantees that no anonymous
-/// listener coexists with accounts, which rumqttd could not honour.
-fn anonymous_allowed(anonymous: Anonymous, public: SocketAddr) -> bool {
+/// Anonymous access per listener. Once accounts exist every client must log in:
+/// rumqttd refuses a client without credentials whenever authentication is on.
+fn anonymous_allowed(anonymous: Anonymous, has_accounts: bool, public: SocketAddr) -> bool {
+    if has_accounts {
+        return false;
+    }
     match anonymous {
         Anonymous::Always => true,
         Anonymous::Never => false,
@@ -265,11 +268,17 @@ mod tests {
         let loopback: SocketAddr = "127.0.0.1:1883".parse().unwrap();
         let v6_loopback: SocketAddr = "[::1]:1883".parse().unwrap();
         let lan: SocketAddr = "0.0.0.0:1883".parse().unwrap();
-        assert!(anonymous_allowed(Anonymous::Loopback, loopback));
-        assert!(anonymous_allowed(Anonymous::Loopback, v6_loopback));
-        assert!(!anonymous_allowed(Anonymous::Loopback, lan));
-        assert!(anonymous_allowed(Anonymous::Always, lan));
-        assert!(!anonymous_allowed(Anonymous::Never, loopback));
+        assert!(anonymous_allowed(Anonymous::Loopback, false, loopback));
+        assert!(anonymous_allowed(Anonymous::Loopback, false, v6_loopback));
+        assert!(!anonymous_allowed(Anonymous::Loopback, false, lan));
+        assert!(anonymous_allowed(Anonymous::Always, false, lan));
+        assert!(!anonymous_allowed(Anonymous::Never, false, loopback));
+    }
+
+    #[test]
+    fn accounts_switch_anonymous_access_off_everywhere() {
+        let loopback: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        assert!(!anonymous_allowed(Anonymous::Loopback, true, loopback));
     }
 
     #[tokio::test]

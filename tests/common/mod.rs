@@ -1,0 +1,315 @@
+//! Helpers shared by the integration tests: free ports, a daemon started from the real
+//! binary in a temporary directory (and always cleaned up), a Slack API stand-in, and
+//! MQTT test clients.
+#![allow(dead_code)]
+
+pub mod slack;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_smarthomed");
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("no free loopback port")
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls the async `check` until it returns `Some` or `timeout` passes.
+pub async fn wait_for_async<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Test-friendly supervisor settings: quick backoff, short stop timeout.
+pub const FAST_SUPERVISOR: &str = "[supervisor]\nbackoff_initial_ms = 100\nbackoff_max_ms = 400\nstop_timeout_secs = 5\n";
+
+/// A smarthomed process (any subcommand) running in its own temporary directory.
+pub struct Daemon {
+    pub dir: TempDir,
+    pub mqtt_port: u16,
+    pub ws_port: u16,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes a config with free broker ports plus `extra` TOML (which must not repeat
+    /// the `[broker]` table header unless it replaces `broker_table`), then starts
+    /// `smarthomed <subcommand> -c <file>`.
+    pub fn start(subcommand: &str, broker_table: &str, extra: &str) -> Self {
+        Self::start_with_env(subcommand, broker_table, extra, &[])
+    }
+
+    pub fn start_with_env(subcommand: &str, broker_table: &str, extra: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_at(subcommand, (free_port(), free_port()), broker_table, extra, env)
+    }
+
+    /// As [`Daemon::start`], with the broker on the given (TCP, WebSocket) ports.
+    pub fn start_at(
+        subcommand: &str,
+        (mqtt_port, ws_port): (u16, u16),
+        broker_table: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = format!(
+            "[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\nws_listen = \"127.0.0.1:{ws_port}\"\n{broker_table}\n\
+             [store]\ndir = \"{}\"\n{extra}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("smarthomed.toml"), config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let mut command = Command::new(BIN);
+        command
+            .arg(subcommand)
+            .arg("-c")
+            .arg(dir.path().join("smarthomed.toml"))
+            .current_dir(dir.path())
+            .env_remove("SMARTHOMED_SLACK_TOKEN")
+            .env_remove("SMARTHOMED_MQTT_PASSWORD")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("start smarthomed");
+        Self {
+            dir,
+            mqtt_port,
+            ws_port,
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("daemon already reaped")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal daemon");
+    }
+
+    /// Waits for the daemon to exit by itself.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("daemon already reaped");
+        let status = wait_for(timeout, "the daemon to exit", || child.try_wait().expect("try_wait")).await;
+        self.child = None;
+        status
+    }
+
+    /// The supervisor's children by role, read from /proc.
+    pub fn children(&self) -> HashMap<String, u32> {
+        children_of(self.pid())
+    }
+
+    /// Waits until all `roles` run as children; returns their pids.
+    pub async fn wait_children(&self, roles: &[&str]) -> HashMap<String, u32> {
+        wait_for(Duration::from_secs(20), &format!("children {roles:?}"), || {
+            let children = self.children();
+            roles.iter().all(|role| children.contains_key(*role)).then_some(children)
+        })
+        .await
+    }
+
+    /// Waits until the broker accepts an anonymous MQTT connection.
+    pub async fn wait_broker(&self) {
+        let port = self.mqtt_port;
+        wait_for_async(Duration::from_secs(20), "the broker to accept", || async move {
+            connect(port, "wait-broker", None).await.ok()
+        })
+        .await;
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = child.id();
+        let descendants = all_descendants(pid);
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        for pid in descendants {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Pids whose parent is `parent`, with the role (first argument) of each.
+pub fn children_of(parent: u32) -> HashMap<String, u32> {
+    let mut found = HashMap::new();
+    for (pid, ppid) in processes() {
+        if ppid == parent {
+            if let Some(role) = cmdline(pid).get(1) {
+                found.insert(role.clone(), pid);
+            }
+        }
+    }
+    found
+}
+
+fn all_descendants(root: u32) -> Vec<u32> {
+    let table = processes();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(table.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Whether `pid` is alive (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+fn processes() -> Vec<(u32, u32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An MQTT 3.1.1 client connected to 127.0.0.1:`port`, or the reason it was refused.
+pub async fn connect(
+    port: u16,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> Result<(AsyncClient, EventLoop), String> {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    if let Some((user, pass)) = login {
+        options.set_credentials(user, pass);
+    }
+    connect_with(options).await
+}
+
+pub async fn connect_with(options: MqttOptions) -> Result<(AsyncClient, EventLoop), String> {
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let connack = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no CONNACK within 5 s".to_string())?;
+    connack.map(|()| (client, eventloop))
+}
+
+/// Subscribes and returns a receiver of (topic, payload, retain) for what arrives.
+pub async fn subscriber(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    filter: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)> {
+    client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let payload = String::from_utf8_lossy(&publish.payload).into_owned();
+                    if tx.send((publish.topic.clone(), payload, publish.retain)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    rx
+}
+
+/// Receives until a message on `topic` with `payload` arrives.
+pub async fn expect_message(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)>,
+    topic: &str,
+    payload: &str,
+) -> bool {
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some((got_topic, got_payload, retain)) = rx.recv().await {
+            if got_topic == topic && got_payload == payload {
+                return retain;
+            }
+        }
+        panic!("subscription ended before {topic} = {payload}");
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no message {topic} = {payload} within 15 s"))
+}
