@@ -1,7 +1,7 @@
 //! The `smarthomed` command line: the binary's edge, where errors become messages and
 //! exit codes. Everything else lives in the library.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     let config = match args.load() {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("error: {err}");
+            let _ = writeln!(LossyStderr, "error: {err}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -169,9 +169,26 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            let _ = writeln!(LossyStderr, "error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Standard error that never fails. Once the supervisor is gone a child's stderr is a
+/// broken pipe; a failed log write must not panic (as `eprintln!` does) and so cut
+/// short the child's own shutdown.
+struct LossyStderr;
+
+impl Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 
@@ -180,7 +197,7 @@ fn init_logging() {
         .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LossyStderr);
     // A child's lines are re-logged by the supervisor, which adds time and name;
     // journald stamps time itself.
     if std::env::var_os("SMARTHOMED_CHILD").is_some() {

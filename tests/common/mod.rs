@@ -62,6 +62,8 @@ pub struct Daemon {
     pub mqtt_port: u16,
     pub ws_port: u16,
     child: Option<Child>,
+    /// Every child pid seen, so cleanup reaches children orphaned by a failed test.
+    seen: std::sync::Mutex<std::collections::HashSet<u32>>,
 }
 
 impl Daemon {
@@ -115,6 +117,7 @@ impl Daemon {
             mqtt_port,
             ws_port,
             child: Some(child),
+            seen: Default::default(),
         }
     }
 
@@ -140,7 +143,11 @@ impl Daemon {
 
     /// The supervisor's children by role, read from /proc.
     pub fn children(&self) -> HashMap<String, u32> {
-        children_of(self.pid())
+        let children = children_of(self.pid());
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.extend(children.values());
+        }
+        children
     }
 
     /// Waits until all `roles` run as children; returns their pids.
@@ -166,7 +173,10 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let pid = child.id();
-        let descendants = all_descendants(pid);
+        let mut descendants = all_descendants(pid);
+        if let Ok(seen) = self.seen.lock() {
+            descendants.extend(seen.iter().filter(|pid| alive(**pid)));
+        }
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

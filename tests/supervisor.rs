@@ -1,0 +1,144 @@
+//! The supervisor, run as `smarthomed run`: restarts, alerts to a Slack stand-in,
+//! graceful stop, orphan-freedom and the restart limit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::slack::{Failure, SlackServer};
+use common::{Daemon, FAST_SUPERVISOR, alive, wait_for};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const ROLES: [&str; 3] = ["broker", "processor", "syncer"];
+
+#[tokio::test]
+async fn a_killed_child_is_restarted_with_a_new_pid_and_reported_to_slack() {
+    let slack = SlackServer::start().await;
+    let daemon = Daemon::start("run", "", &format!("{}{FAST_SUPERVISOR}", slack.config()));
+    let before = daemon.wait_children(&ROLES).await;
+    wait_for(Duration::from_secs(10), "the start alert", || {
+        (!slack.texts_containing("smarthomed started").is_empty()).then_some(())
+    })
+    .await;
+
+    let old_pid = before["processor"];
+    kill(Pid::from_raw(old_pid as i32), Signal::SIGKILL).unwrap();
+
+    let new_pid = wait_for(Duration::from_secs(15), "a new processor", || {
+        daemon.children().get("processor").copied().filter(|pid| *pid != old_pid)
+    })
+    .await;
+    assert_ne!(new_pid, old_pid);
+    let exit_alert = wait_for(Duration::from_secs(10), "the exit alert", || {
+        slack.texts_containing("processor exited unexpectedly").into_iter().next()
+    })
+    .await;
+    assert!(exit_alert.contains(&format!("pid {old_pid}")), "{exit_alert}");
+    assert!(exit_alert.contains("killed by SIGKILL"), "{exit_alert}");
+    wait_for(Duration::from_secs(10), "the restart alert", || {
+        slack.texts_containing("processor restarted").into_iter().next()
+    })
+    .await;
+    assert!(slack.posted().iter().all(|posted| posted.channel == "#test"));
+    assert_eq!(daemon.children()["broker"], before["broker"], "the broker was not touched");
+    assert!(!daemon.log().contains(&slack.token), "the Slack token reached the log");
+}
+
+#[tokio::test]
+async fn sigterm_stops_every_process_and_exits_zero() {
+    let mut daemon = Daemon::start("run", "", FAST_SUPERVISOR);
+    let children = daemon.wait_children(&ROLES).await;
+    daemon.wait_broker().await;
+
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
+    for (role, pid) in children {
+        assert!(!alive(pid), "{role} (pid {pid}) outlived the supervisor");
+    }
+}
+
+#[tokio::test]
+async fn children_do_not_outlive_a_killed_supervisor() {
+    let mut daemon = Daemon::start("run", "", FAST_SUPERVISOR);
+    let children = daemon.wait_children(&ROLES).await;
+
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5)).await;
+    wait_for(Duration::from_secs(10), "the orphans to exit", || {
+        children.values().all(|pid| !alive(*pid)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_crash_loop_hits_the_restart_limit_and_alerts_once() {
+    let slack = SlackServer::start().await;
+    // The broker cannot bind its WebSocket port, so it exits at every start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ws_port = taken.local_addr().unwrap().port();
+    let supervisor = "[supervisor]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\nrestart_limit = 3\nrestart_window_secs = 60\n";
+    let mut daemon = Daemon::start_at(
+        "run",
+        (common::free_port(), ws_port),
+        "",
+        &format!("{}{supervisor}", slack.config()),
+        &[],
+    );
+
+    let status = daemon.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(3), "log:\n{}", daemon.log());
+    let limit_alerts = slack.texts_containing("hit the restart limit");
+    assert_eq!(limit_alerts.len(), 1, "{:#?}", slack.posted());
+    assert!(limit_alerts[0].contains("broker"));
+    let exit_alerts = slack.texts_containing("broker exited unexpectedly");
+    assert!(
+        !exit_alerts.is_empty() && exit_alerts.len() < 4,
+        "4 crashes should coalesce: {exit_alerts:#?}"
+    );
+    assert!(
+        exit_alerts.iter().any(|text| text.contains("×3 more")),
+        "the coalesced copies are counted: {exit_alerts:#?}"
+    );
+    assert!(
+        exit_alerts[0].contains(&format!("127.0.0.1:{ws_port}")),
+        "the alert shows the child's last words: {}",
+        exit_alerts[0]
+    );
+}
+
+#[tokio::test]
+async fn slack_rate_limits_and_outages_are_retried() {
+    let slack = SlackServer::start().await;
+    slack.fail_next(Failure::RateLimited { retry_after_secs: 1 });
+    slack.fail_next(Failure::ServerError);
+    let daemon = Daemon::start("run", "", &format!("{}{FAST_SUPERVISOR}", slack.config()));
+    daemon.wait_children(&ROLES).await;
+
+    let delivered = wait_for(Duration::from_secs(15), "the start alert despite 429 and 503", || {
+        slack.posted().into_iter().find(|posted| posted.text.contains("smarthomed started"))
+    })
+    .await;
+    let attempts = slack.attempts();
+    assert!(attempts.len() >= 3, "{attempts:?}");
+    assert!(
+        attempts[1].duration_since(attempts[0]) >= Duration::from_millis(950),
+        "Retry-After was not honoured"
+    );
+    assert!(delivered.at >= attempts[2]);
+}
+
+#[tokio::test]
+async fn a_refused_alert_is_dropped_not_retried_forever() {
+    let slack = SlackServer::start().await;
+    slack.fail_next(Failure::Api("channel_not_found"));
+    let daemon = Daemon::start("run", "", &format!("{}{FAST_SUPERVISOR}", slack.config()));
+    daemon.wait_children(&ROLES).await;
+    wait_for(Duration::from_secs(10), "the refusal in the log", || {
+        daemon.log().contains("channel_not_found").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(slack.attempts().len(), 1, "a refused alert was sent again");
+}
