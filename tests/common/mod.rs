@@ -3,6 +3,7 @@
 //! MQTT test clients.
 #![allow(dead_code)]
 
+pub mod mosquitto;
 pub mod slack;
 
 use std::collections::HashMap;
@@ -78,6 +79,11 @@ impl Daemon {
         Self::start_at(subcommand, (free_port(), free_port()), broker_table, extra, env)
     }
 
+    /// As [`Daemon::start`], with secret files written to `keys/` in its directory first.
+    pub fn start_with_keys(subcommand: &str, broker_table: &str, extra: &str, keys: &[(&str, &str)]) -> Self {
+        Self::start_full(subcommand, (free_port(), free_port()), broker_table, extra, &[], keys)
+    }
+
     /// As [`Daemon::start`], with the broker on the given (TCP, WebSocket) ports.
     pub fn start_at(
         subcommand: &str,
@@ -86,7 +92,24 @@ impl Daemon {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_full(subcommand, (mqtt_port, ws_port), broker_table, extra, env, &[])
+    }
+
+    fn start_full(
+        subcommand: &str,
+        (mqtt_port, ws_port): (u16, u16),
+        broker_table: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+        keys: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        if !keys.is_empty() {
+            std::fs::create_dir(dir.path().join("keys")).expect("keys dir");
+            for (name, value) in keys {
+                std::fs::write(dir.path().join("keys").join(name), value).expect("write key");
+            }
+        }
         let config = format!(
             "[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\nws_listen = \"127.0.0.1:{ws_port}\"\n{broker_table}\n\
              [store]\ndir = \"{}\"\n{extra}\n",
@@ -306,20 +329,34 @@ pub async fn subscriber(
     rx
 }
 
-/// Receives until a message on `topic` with `payload` arrives.
+/// Receives until a message on `topic` with `payload` arrives; returns its retain flag.
+/// Other messages are passed over.
 pub async fn expect_message(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)>,
     topic: &str,
     payload: &str,
 ) -> bool {
-    let found = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some((got_topic, got_payload, retain)) = rx.recv().await {
-            if got_topic == topic && got_payload == payload {
-                return retain;
+    expect_messages(rx, &[(topic, payload)]).await[0]
+}
+
+/// Receives until every (topic, payload) has arrived, in any order; returns their
+/// retain flags in the order asked.
+pub async fn expect_messages(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)>,
+    wanted: &[(&str, &str)],
+) -> Vec<bool> {
+    let mut found: Vec<Option<bool>> = vec![None; wanted.len()];
+    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
+        while found.iter().any(Option::is_none) {
+            let Some((topic, payload, retain)) = rx.recv().await else {
+                panic!("subscription ended while waiting for {wanted:?}");
+            };
+            if let Some(i) = wanted.iter().position(|(t, p)| *t == topic && *p == payload) {
+                found[i].get_or_insert(retain);
             }
         }
-        panic!("subscription ended before {topic} = {payload}");
     })
     .await;
-    found.unwrap_or_else(|_| panic!("no message {topic} = {payload} within 15 s"))
+    assert!(outcome.is_ok(), "within 15 s, of {wanted:?} only these arrived: {found:?}");
+    found.into_iter().flatten().collect()
 }
