@@ -142,3 +142,66 @@ async fn a_refused_alert_is_dropped_not_retried_forever() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(slack.attempts().len(), 1, "a refused alert was sent again");
 }
+
+#[tokio::test]
+async fn systemd_hears_ready_status_and_watchdog_only_while_children_are_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let supervisor = "[supervisor]\nbackoff_initial_ms = 2000\nbackoff_max_ms = 2000\nstop_timeout_secs = 5\n";
+    let mut daemon = Daemon::start_with_env(
+        "run",
+        "",
+        supervisor,
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")],
+    );
+    let mut buf = vec![0u8; 4096];
+    let mut receive = async || -> String {
+        let len = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+            .await
+            .expect("no notification within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    };
+
+    let mut before_ready = Vec::new();
+    loop {
+        let message = receive().await;
+        if message == "READY=1" {
+            break;
+        }
+        before_ready.push(message);
+    }
+    assert!(before_ready.iter().all(|m| !m.contains("WATCHDOG")), "{before_ready:?}");
+    let children = daemon.wait_children(&ROLES).await;
+    loop {
+        if receive().await == "WATCHDOG=1" {
+            break;
+        }
+    }
+
+    kill(Pid::from_raw(children["processor"] as i32), Signal::SIGKILL).unwrap();
+    loop {
+        let message = receive().await;
+        if message.starts_with("STATUS=") && message.contains("processor down") {
+            break;
+        }
+    }
+    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while let Ok(message) = tokio::time::timeout_at(quiet_until, receive()).await {
+        assert_ne!(message, "WATCHDOG=1", "watchdog pinged while the processor was down");
+    }
+    loop {
+        if receive().await == "WATCHDOG=1" {
+            break;
+        }
+    }
+
+    daemon.signal(Signal::SIGTERM);
+    loop {
+        if receive().await.starts_with("STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
+}

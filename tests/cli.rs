@@ -1,0 +1,151 @@
+//! The command line and the files shipped beside the binary: check-config,
+//! hash-password, exit codes, and the systemd unit.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::BIN;
+use smarthomed::config::SupervisorConfig;
+
+fn smarthomed(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("SMARTHOMED_CONFIG")
+        .env_remove("SMARTHOMED_SLACK_TOKEN")
+        .env_remove("SMARTHOMED_MQTT_PASSWORD")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run smarthomed")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn config_file(content: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(content.as_bytes()).unwrap();
+    file
+}
+
+#[test]
+fn version_and_help_describe_the_commands() {
+    let version = smarthomed(&["--version"]);
+    assert!(text(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let help = text(&smarthomed(&["--help"]).stdout);
+    for command in ["run", "broker", "processor", "syncer", "check-config", "hash-password"] {
+        assert!(help.contains(command), "--help lacks {command}:\n{help}");
+    }
+}
+
+#[test]
+fn check_config_without_a_file_prints_the_defaults() {
+    let output = smarthomed(&["check-config"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let effective = text(&output.stdout);
+    assert!(effective.contains("listen = \"127.0.0.1:1883\""), "{effective}");
+    assert!(effective.contains("channel = \"#server\""), "{effective}");
+}
+
+#[test]
+fn check_config_redacts_secrets() {
+    let file = config_file("[slack]\ntoken = \"xoxb-do-not-print-me\"\n[mqtt]\npassword = \"hunter2\"\n");
+    let output = smarthomed(&["check-config", "-c", file.path().to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let shown = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(!shown.contains("do-not-print-me") && !shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("<redacted>"));
+}
+
+#[test]
+fn a_bad_config_exits_2_naming_the_key() {
+    for (content, key) in [
+        ("[broker]\nlisen = \"127.0.0.1:1883\"\n", "broker.lisen"),
+        ("[supervisor]\nrestart_limit = 0\n", "supervisor.restart_limit"),
+        ("[slack]\napi_url = 7\n", "slack.api_url"),
+    ] {
+        let file = config_file(content);
+        for command in ["check-config", "run", "processor"] {
+            let output = smarthomed(&[command, "-c", file.path().to_str().unwrap()]);
+            assert_eq!(output.status.code(), Some(2), "{command} with {content:?}");
+            assert!(text(&output.stderr).contains(key), "{}", text(&output.stderr));
+        }
+    }
+    let output = smarthomed(&["run", "-c", "/nonexistent/smarthomed.toml"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("/nonexistent/smarthomed.toml"));
+}
+
+#[test]
+fn hash_password_output_is_accepted_as_an_account() {
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"esp32-password\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let hash = text(&output.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(smarthomed::broker::password::verify("esp32-password", &hash));
+
+    let file = config_file(&format!("[[broker.users]]\nname = \"esp32\"\npassword_hash = \"{hash}\"\n"));
+    let output = smarthomed(&["check-config", "-c", file.path().to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+const UNIT: &str = include_str!("../systemd/smarthomed.service");
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze is not installed: unit not verified");
+        return;
+    };
+    assert!(probe.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("smarthomed.service");
+    std::fs::write(&unit, UNIT.replace("/usr/local/bin/smarthomed", BIN)).unwrap();
+    let output = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    let complaints = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success() && complaints.trim().is_empty(), "{complaints}");
+}
+
+#[test]
+fn the_unit_matches_the_daemon_defaults() {
+    let setting = |key: &str| {
+        UNIT.lines()
+            .find_map(|line| line.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("unit lacks {key}"))
+    };
+    assert_eq!(setting("Type"), "notify");
+    assert_eq!(setting("KillMode"), "mixed");
+    assert_eq!(setting("RestartPreventExitStatus"), "2");
+    let watchdog_secs: u64 = setting("WatchdogSec").trim_end_matches('s').parse().unwrap();
+    let defaults = SupervisorConfig::default();
+    assert!(
+        watchdog_secs * 1000 > defaults.backoff_max_ms,
+        "WatchdogSec must outlast the longest restart backoff"
+    );
+    let stop_secs: u64 = setting("TimeoutStopSec").trim_end_matches('s').parse().unwrap();
+    assert!(stop_secs > 3 * defaults.stop_timeout_secs, "children stop one after another");
+    for credential in ["slack_token", "mqtt_password"] {
+        assert!(UNIT.contains(&format!("LoadCredential={credential}:")));
+    }
+}
+
+#[test]
+fn the_example_config_is_valid_and_shows_the_defaults() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/smarthomed.example.toml");
+    let output = smarthomed(&["check-config", "-c", example]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let from_example = text(&output.stdout);
+    let defaults = text(&smarthomed(&["check-config"]).stdout);
+    assert_eq!(from_example, defaults, "the example's values drifted from the defaults");
+}
