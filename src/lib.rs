@@ -12,5 +12,6 @@ pub mod child_context;
 pub mod config;
 pub mod mqtt;
 pub mod processor;
+pub mod protocol;
 pub mod supervisor;
 pub mod syncer;

@@ -1,0 +1,3 @@
+//! Wire formats, as plain types and functions with no I/O.
+
+pub mod appliance;
