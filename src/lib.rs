@@ -13,5 +13,6 @@ pub mod config;
 pub mod mqtt;
 pub mod processor;
 pub mod protocol;
+pub mod store;
 pub mod supervisor;
 pub mod syncer;

@@ -5,6 +5,7 @@
 
 pub mod mosquitto;
 pub mod slack;
+pub mod store_suite;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener};

@@ -1,0 +1,329 @@
+//! The embedded backend: redb, an ACID key-value store in one file, so a crash at any
+//! point leaves the last committed state readable. Documents live in
+//! `<store.dir>/documents.redb` and the tree in `<store.dir>/tree.redb`: one file per
+//! owning process, since a redb file is opened by one process at a time.
+//!
+//! redb is synchronous; every call runs on tokio's blocking pool. Change listeners
+//! hear of commits through a broadcast channel; a listener that falls behind it
+//! (lagged) re-reads a snapshot instead of losing changes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::{Map, Value};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::tree::{self, TreePath};
+use super::{Document, DocumentEvent, DocumentStore, RealtimeTree, StoreError, TreeEvent, check_name};
+
+const DOCUMENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("documents");
+const TREE: TableDefinition<&str, &[u8]> = TableDefinition::new("tree");
+const TREE_ROOT_KEY: &str = "root";
+/// Changes a listener may fall behind by before it re-reads a snapshot.
+const CHANGE_BACKLOG: usize = 256;
+
+fn open(dir: &Path, file: &str) -> Result<Arc<Database>, StoreError> {
+    let path = dir.join(file);
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Open {
+        path: dir.to_owned(),
+        source: Box::new(source),
+    })?;
+    Database::create(&path)
+        .map(Arc::new)
+        .map_err(|source| StoreError::Open {
+            path,
+            source: Box::new(source),
+        })
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+}
+
+fn backend(err: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(err.into())
+}
+
+#[derive(Clone)]
+pub struct EmbeddedDocuments {
+    db: Arc<Database>,
+    changes: broadcast::Sender<(String, DocumentEvent)>,
+}
+
+impl EmbeddedDocuments {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = open(dir, "documents.redb")?;
+        let write = db.begin_write().map_err(backend)?;
+        write.open_table(DOCUMENTS).map_err(backend)?;
+        write.commit().map_err(backend)?;
+        Ok(Self {
+            db,
+            changes: broadcast::channel(CHANGE_BACKLOG).0,
+        })
+    }
+
+    fn list_blocking(db: &Database, collection: &str) -> Result<Vec<(String, Document)>, StoreError> {
+        let read = db.begin_read().map_err(backend)?;
+        let table = read.open_table(DOCUMENTS).map_err(backend)?;
+        let mut documents = Vec::new();
+        for entry in table.range((collection, "")..).map_err(backend)? {
+            let (key, value) = entry.map_err(backend)?;
+            let (entry_collection, id) = key.value();
+            if entry_collection != collection {
+                break;
+            }
+            documents.push((id.to_owned(), decode_document(collection, id, value.value())?));
+        }
+        Ok(documents)
+    }
+}
+
+fn decode_document(collection: &str, id: &str, bytes: &[u8]) -> Result<Document, StoreError> {
+    serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
+        location: format!("{collection}/{id}"),
+        reason: err.to_string(),
+    })
+}
+
+impl DocumentStore for EmbeddedDocuments {
+    async fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        check_name("collection", collection)?;
+        check_name("document id", id)?;
+        let (db, collection, id) = (self.db.clone(), collection.to_owned(), id.to_owned());
+        blocking(move || {
+            let read = db.begin_read().map_err(backend)?;
+            let table = read.open_table(DOCUMENTS).map_err(backend)?;
+            let found = table.get((collection.as_str(), id.as_str())).map_err(backend)?;
+            found
+                .map(|bytes| decode_document(&collection, &id, bytes.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn set(&self, collection: &str, id: &str, document: Document) -> Result<(), StoreError> {
+        check_name("collection", collection)?;
+        check_name("document id", id)?;
+        let bytes = serde_json::to_vec(&document).map_err(|err| StoreError::Corrupt {
+            location: format!("{collection}/{id}"),
+            reason: err.to_string(),
+        })?;
+        let (db, owned_collection, owned_id) = (self.db.clone(), collection.to_owned(), id.to_owned());
+        blocking(move || {
+            let write = db.begin_write().map_err(backend)?;
+            {
+                let mut table = write.open_table(DOCUMENTS).map_err(backend)?;
+                table
+                    .insert((owned_collection.as_str(), owned_id.as_str()), bytes.as_slice())
+                    .map_err(backend)?;
+            }
+            write.commit().map_err(backend)
+        })
+        .await?;
+        let _ = self.changes.send((
+            collection.to_owned(),
+            DocumentEvent::Set {
+                id: id.to_owned(),
+                document,
+            },
+        ));
+        Ok(())
+    }
+
+    async fn delete(&self, collection: &str, id: &str) -> Result<bool, StoreError> {
+        check_name("collection", collection)?;
+        check_name("document id", id)?;
+        let (db, owned_collection, owned_id) = (self.db.clone(), collection.to_owned(), id.to_owned());
+        let existed = blocking(move || {
+            let write = db.begin_write().map_err(backend)?;
+            let existed = {
+                let mut table = write.open_table(DOCUMENTS).map_err(backend)?;
+                let removed = table
+                    .remove((owned_collection.as_str(), owned_id.as_str()))
+                    .map_err(backend)?;
+                removed.is_some()
+            };
+            write.commit().map_err(backend)?;
+            Ok(existed)
+        })
+        .await?;
+        if existed {
+            let _ = self
+                .changes
+                .send((collection.to_owned(), DocumentEvent::Deleted { id: id.to_owned() }));
+        }
+        Ok(existed)
+    }
+
+    async fn list(&self, collection: &str) -> Result<Vec<(String, Document)>, StoreError> {
+        check_name("collection", collection)?;
+        let (db, collection) = (self.db.clone(), collection.to_owned());
+        blocking(move || Self::list_blocking(&db, &collection)).await
+    }
+
+    async fn watch(
+        &self,
+        collection: &str,
+        events: mpsc::Sender<DocumentEvent>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        check_name("collection", collection)?;
+        // Subscribe before reading, so no commit falls between snapshot and changes.
+        let mut changes = self.changes.subscribe();
+        let mut pending = Some(DocumentEvent::Snapshot(self.list(collection).await?));
+        loop {
+            if let Some(event) = pending.take() {
+                if events.send(event).await.is_err() {
+                    return Ok(());
+                }
+            }
+            let change = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = events.closed() => return Ok(()),
+                change = changes.recv() => change,
+            };
+            pending = match change {
+                Ok((changed, event)) if changed == collection => Some(event),
+                Ok(_) => None,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Some(DocumentEvent::Snapshot(self.list(collection).await?))
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            };
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EmbeddedTree {
+    db: Arc<Database>,
+    changes: broadcast::Sender<TreePath>,
+}
+
+impl EmbeddedTree {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = open(dir, "tree.redb")?;
+        let write = db.begin_write().map_err(backend)?;
+        write.open_table(TREE).map_err(backend)?;
+        write.commit().map_err(backend)?;
+        Ok(Self {
+            db,
+            changes: broadcast::channel(CHANGE_BACKLOG).0,
+        })
+    }
+
+    fn read_root(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Value, StoreError> {
+        match table.get(TREE_ROOT_KEY).map_err(backend)? {
+            Some(bytes) => serde_json::from_slice(bytes.value()).map_err(|err| StoreError::Corrupt {
+                location: "tree".into(),
+                reason: err.to_string(),
+            }),
+            None => Ok(Value::Null),
+        }
+    }
+
+    /// Applies `change` to the whole tree in one write transaction.
+    async fn modify(&self, path: TreePath, change: impl FnOnce(&mut Value) + Send + 'static) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let write = db.begin_write().map_err(backend)?;
+            {
+                let mut table = write.open_table(TREE).map_err(backend)?;
+                let mut root = Self::read_root(&table)?;
+                change(&mut root);
+                let bytes = serde_json::to_vec(&root).map_err(|err| StoreError::Corrupt {
+                    location: "tree".into(),
+                    reason: err.to_string(),
+                })?;
+                table.insert(TREE_ROOT_KEY, bytes.as_slice()).map_err(backend)?;
+            }
+            write.commit().map_err(backend)
+        })
+        .await?;
+        let _ = self.changes.send(path);
+        Ok(())
+    }
+
+    async fn read(&self, path: &TreePath) -> Result<Option<Value>, StoreError> {
+        let (db, path) = (self.db.clone(), path.clone());
+        blocking(move || {
+            let read = db.begin_read().map_err(backend)?;
+            let table = read.open_table(TREE).map_err(backend)?;
+            let root = Self::read_root(&table)?;
+            Ok(tree::get(&root, &path).cloned())
+        })
+        .await
+    }
+}
+
+impl RealtimeTree for EmbeddedTree {
+    async fn get(&self, path: &str) -> Result<Option<Value>, StoreError> {
+        self.read(&TreePath::parse(path)?).await
+    }
+
+    async fn set(&self, path: &str, value: Value) -> Result<(), StoreError> {
+        let path = TreePath::parse(path)?;
+        let at = path.clone();
+        self.modify(path, move |root| tree::set(root, &at, value)).await
+    }
+
+    async fn update(&self, path: &str, fields: Map<String, Value>) -> Result<(), StoreError> {
+        let path = TreePath::parse(path)?;
+        let children = fields
+            .into_iter()
+            .map(|(key, value)| Ok((path.join(&key)?, value)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.modify(path, move |root| {
+            for (child, value) in children {
+                tree::set(root, &child, value);
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), StoreError> {
+        self.set(path, Value::Null).await
+    }
+
+    async fn watch(
+        &self,
+        path: &str,
+        events: mpsc::Sender<TreeEvent>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let path = TreePath::parse(path)?;
+        let mut changes = self.changes.subscribe();
+        let mut last = self.read(&path).await?;
+        let mut pending = Some(last.clone());
+        loop {
+            if let Some(value) = pending.take() {
+                if events.send(TreeEvent { value }).await.is_err() {
+                    return Ok(());
+                }
+            }
+            let change = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = events.closed() => return Ok(()),
+                change = changes.recv() => change,
+            };
+            let relevant = match change {
+                Ok(changed) => changed.overlaps(&path),
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            };
+            if relevant {
+                let now = self.read(&path).await?;
+                if now != last {
+                    last = now.clone();
+                    pending = Some(now);
+                }
+            }
+        }
+    }
+}

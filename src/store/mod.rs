@@ -1,0 +1,134 @@
+//! Where smarthomed keeps its data, behind two interfaces with one owner each:
+//!
+//! - [`DocumentStore`]: collections of JSON documents (`user_account`, `modes`,
+//!   `schedule_mode`, `appliance_alarm`), as in Firestore. Owned by the processor.
+//! - [`RealtimeTree`]: one JSON tree addressed by slash paths (`smarthome/status`,
+//!   `server/notification`), as in the Firebase Realtime Database. Owned by the syncer.
+//!
+//! Both report failures as [`StoreError`] (never a panic, never a silent default) and
+//! offer change listeners. A listener is a future the caller runs under its own
+//! cancellation token; it first delivers a snapshot, then changes, and after any gap
+//! in which it may have missed changes it delivers a fresh snapshot, so a listener
+//! never silently loses an update. [`embedded`] is the default backend.
+
+pub mod embedded;
+pub mod tree;
+
+use std::future::Future;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub type Document = Map<String, Value>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("store operation failed: {0}")]
+    Backend(#[from] redb::Error),
+    #[error("stored data at {location} is unreadable: {reason}")]
+    Corrupt { location: String, reason: String },
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("the store's worker thread failed: {0}")]
+    Worker(String),
+}
+
+/// What a document listener hears.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DocumentEvent {
+    /// Every document of the collection, by id: first, and after any gap.
+    Snapshot(Vec<(String, Document)>),
+    Set { id: String, document: Document },
+    Deleted { id: String },
+}
+
+/// What a tree listener hears: the value now at its path (`None`: nothing there).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeEvent {
+    pub value: Option<Value>,
+}
+
+pub trait DocumentStore: Clone + Send + Sync + 'static {
+    fn get(&self, collection: &str, id: &str) -> impl Future<Output = Result<Option<Document>, StoreError>> + Send;
+    fn set(&self, collection: &str, id: &str, document: Document) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Whether there was a document to delete.
+    fn delete(&self, collection: &str, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Every document of `collection`, ordered by id.
+    fn list(&self, collection: &str) -> impl Future<Output = Result<Vec<(String, Document)>, StoreError>> + Send;
+    /// Sends the collection's events to `events` until `shutdown` or until the
+    /// receiver is dropped.
+    fn watch(
+        &self,
+        collection: &str,
+        events: mpsc::Sender<DocumentEvent>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+pub trait RealtimeTree: Clone + Send + Sync + 'static {
+    fn get(&self, path: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+    /// Replaces what is at `path` (JSON null deletes it).
+    fn set(&self, path: &str, value: Value) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Sets each child of `path` named in `fields`, leaving the others.
+    fn update(&self, path: &str, fields: Map<String, Value>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete(&self, path: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Sends the value at `path` first and after every change at, above or below it,
+    /// until `shutdown` or until the receiver is dropped.
+    fn watch(
+        &self,
+        path: &str,
+        events: mpsc::Sender<TreeEvent>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Collection and document ids follow Firestore's rules, so that data moves between
+/// the backends unchanged.
+pub fn check_name(what: &'static str, value: &str) -> Result<(), StoreError> {
+    let reason = if value.is_empty() {
+        Some("must not be empty")
+    } else if value.contains('/') {
+        Some("must not contain '/'")
+    } else if value == "." || value == ".." {
+        Some("must not be . or ..")
+    } else if value.len() > 1500 {
+        Some("must be at most 1500 bytes")
+    } else if value.starts_with("__") && value.ends_with("__") {
+        Some("must not have the reserved form __name__")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(StoreError::InvalidName {
+            what,
+            value: value.chars().take(80).collect(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_firestore_rules() {
+        check_name("id", "eAMHGLmiBGO76PIQ54O9CpsqTb23").unwrap();
+        check_name("id", "아침 모드").unwrap();
+        for bad in ["", "a/b", ".", "..", "__id__"] {
+            assert!(check_name("id", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("id", &"x".repeat(1501)).is_err());
+    }
+}
