@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::processor::recommendation::Rules;
+use crate::processor::texts::Language;
+
 /// The username the daemon's own processes use on the embedded broker.
 pub const INTERNAL_MQTT_USER: &str = "smarthomed";
 
@@ -86,6 +89,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub slack: SlackConfig,
     pub store: StoreConfig,
+    pub processor: ProcessorConfig,
     pub supervisor: SupervisorConfig,
     pub secrets: SecretsConfig,
 }
@@ -215,6 +219,40 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self { dir: "data".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// Texts of alarms and recommendations: "ko" (as the old system) or "en".
+    pub language: Language,
+    /// Larger commands are refused with `payload_too_large`.
+    pub max_command_bytes: usize,
+    /// Messages received but not yet dispatched.
+    pub queue_capacity: usize,
+    /// Commands handled at once; more wait (and the wait is logged as overload).
+    pub max_concurrent_handlers: usize,
+    pub handler_timeout_ms: u64,
+    /// The face recognizer (`start_facer`), as program and arguments; it prints the
+    /// recognised UID, or "none", as its last line. Empty: the command is refused.
+    pub facer_command: Vec<String>,
+    pub facer_timeout_secs: u64,
+    pub recommendation: Rules,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            language: Language::Ko,
+            max_command_bytes: 16 * 1024,
+            queue_capacity: 64,
+            max_concurrent_handlers: 16,
+            handler_timeout_ms: 10_000,
+            facer_command: Vec::new(),
+            facer_timeout_secs: 30,
+            recommendation: Rules::default(),
+        }
     }
 }
 
@@ -406,6 +444,25 @@ impl Config {
         }
         if self.mqtt.keep_alive_secs == 0 {
             return Err(invalid("mqtt.keep_alive_secs", "must be at least 1"));
+        }
+        let processor = &self.processor;
+        if processor.queue_capacity == 0 {
+            return Err(invalid("processor.queue_capacity", "must be at least 1"));
+        }
+        if processor.max_concurrent_handlers == 0 {
+            return Err(invalid("processor.max_concurrent_handlers", "must be at least 1"));
+        }
+        if processor.handler_timeout_ms == 0 {
+            return Err(invalid("processor.handler_timeout_ms", "must be at least 1"));
+        }
+        if processor.max_command_bytes == 0 {
+            return Err(invalid("processor.max_command_bytes", "must be at least 1"));
+        }
+        if processor.facer_command.first().is_some_and(|program| program.trim().is_empty()) {
+            return Err(invalid("processor.facer_command", "the program must not be empty"));
+        }
+        if processor.facer_timeout_secs == 0 {
+            return Err(invalid("processor.facer_timeout_secs", "must be at least 1"));
         }
         self.validate_slack()?;
         self.validate_broker()?;

@@ -7,6 +7,12 @@
 //! or "offline" by last will or on a clean stop), raises an alert when the broker has
 //! been gone too long, and hands every incoming publish to a bounded queue, so the
 //! network is never read faster than handlers can keep up.
+//!
+//! On shutdown the link stops handing out messages but keeps the connection until
+//! the consumer drops its queue (in-flight handlers may still publish replies), then
+//! says goodbye. With [`Link::persistent`], messages are acknowledged by the consumer
+//! ([`Acker`]) once taken on, so a message received but not taken on before a stop is
+//! delivered again by the broker on the next connect.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +32,8 @@ pub const INTERNAL_PASSWORD_ENV: &str = "SMARTHOMED_INTERNAL_MQTT_PASSWORD";
 /// Room for requests queued by handlers while the connection is down.
 const CLIENT_QUEUE: usize = 64;
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long in-flight work may keep the connection after shutdown began.
+const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -100,7 +108,21 @@ pub struct Link {
     subscriptions: Vec<(String, QoS)>,
     reconnect: Backoff,
     lost_alert_after: Duration,
+    drain_grace: Duration,
     alerter: Alerter,
+}
+
+/// Acknowledges received QoS 1 messages of a [`Link::persistent`] link.
+#[derive(Clone)]
+pub struct Acker(AsyncClient);
+
+impl Acker {
+    /// Call in the order messages were received, once each is taken on.
+    pub fn ack(&self, publish: &Publish) {
+        if let Err(err) = self.0.try_ack(publish) {
+            warn!(topic = publish.topic, "cannot queue acknowledgement: {err}");
+        }
+    }
 }
 
 impl Link {
@@ -127,8 +149,25 @@ impl Link {
                 Duration::from_millis(config.mqtt.reconnect_max_ms),
             ),
             lost_alert_after: Duration::from_secs(config.mqtt.lost_alert_after_secs),
+            drain_grace: DEFAULT_DRAIN_GRACE,
             alerter,
         }
+    }
+
+    /// A link whose broker session outlives the process (clean session off) and whose
+    /// messages the consumer acknowledges: what was published for it while it was
+    /// away, or received but not taken on, arrives when it is back.
+    pub fn persistent(role: &'static str, mut options: MqttOptions, config: &Config, alerter: Alerter) -> (Self, Acker) {
+        options.set_clean_session(false);
+        options.set_manual_acks(true);
+        let link = Self::new(role, options, config, alerter);
+        let acker = Acker(link.client.clone());
+        (link, acker)
+    }
+
+    /// How long after shutdown in-flight work may still use the connection.
+    pub fn set_drain_grace(&mut self, grace: Duration) {
+        self.drain_grace = grace;
     }
 
     /// Filters to (re-)subscribe after every connect.
@@ -141,7 +180,9 @@ impl Link {
         self.client.clone()
     }
 
-    /// Drives the connection until `shutdown`, then says "offline" and disconnects.
+    /// Drives the connection until `shutdown`; then serves in-flight work until the
+    /// consumer drops its queue (at most the drain grace), says "offline" and
+    /// disconnects.
     pub async fn run(mut self, incoming: mpsc::Sender<Publish>, shutdown: CancellationToken) {
         let mut state = LinkState::default();
         loop {
@@ -171,7 +212,29 @@ impl Link {
                 }
             }
         }
+        self.drain(&incoming).await;
         self.stop(state.connected_since.is_some()).await;
+    }
+
+    /// Keeps the connection going for the replies of in-flight work. Messages that
+    /// arrive now are not handed out (and, on a persistent link, not acknowledged).
+    async fn drain(&mut self, incoming: &mpsc::Sender<Publish>) {
+        let grace = tokio::time::sleep(self.drain_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                () = incoming.closed() => return,
+                () = &mut grace => {
+                    warn!(role = self.role, "in-flight work did not finish within {:?}", self.drain_grace);
+                    return;
+                }
+                event = self.eventloop.poll() => {
+                    if event.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     async fn on_connected(&mut self, state: &mut LinkState) {
@@ -258,9 +321,16 @@ impl Link {
 pub async fn run_without_handlers(link: Link, shutdown: CancellationToken) {
     let role = link.role;
     let (incoming, mut queue) = mpsc::channel::<Publish>(CLIENT_QUEUE);
-    let drain = async {
-        while let Some(publish) = queue.recv().await {
-            debug!(role, topic = publish.topic, "no handler for this message");
+    let stop = shutdown.clone();
+    let drain = async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                publish = queue.recv() => match publish {
+                    Some(publish) => debug!(role, topic = publish.topic, "no handler for this message"),
+                    None => return,
+                },
+            }
         }
     };
     tokio::join!(link.run(incoming, shutdown), drain);

@@ -1,25 +1,212 @@
 //! The command processor child: the brain of smarthomed.
 //!
-//! It owns one MQTT link (see [`crate::mqtt`]) and, as the process model stands, holds
-//! it and logs its state changes; the command handlers, the appliance protocol and
-//! the store arrive with the processor issue on top of this link.
+//! Message-driven: the MQTT [`Link`] (listener) fills a bounded queue; the dispatcher
+//! acknowledges each message as it takes it on and routes it. Commands run as
+//! concurrent handlers ([`commands`]), each with a timeout and at most
+//! `max_concurrent_handlers` at once, so a slow one (a face recognition) never stalls
+//! the rest; waiting for a free handler is logged and alerted as overload. Appliance
+//! states and sensor values go, in order, to the one [`appliance`] task, since alarms
+//! depend on the order of states.
+//!
+//! The link's session is persistent and its subscriptions QoS 1: commands published
+//! while the processor restarts are delivered when it is back.
 
+pub mod alarms;
+pub mod appliance;
+pub mod commands;
+pub mod recommendation;
+pub mod texts;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{Publish, QoS};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
 
+use crate::alert::Alert;
 use crate::child_context::ChildContext;
-use crate::mqtt::{self, Link, MqttError};
+use crate::mqtt::{self, Acker, Link, MqttError};
+use crate::protocol::topics;
+use crate::store::embedded::EmbeddedDocuments;
+use crate::store::{DocumentStore, StoreError};
+use appliance::ApplianceInput;
+use commands::Handlers;
 
 pub const ROLE: &str = "processor";
+/// A wait for a free handler longer than this counts as overload.
+const OVERLOAD_AFTER: Duration = Duration::from_secs(1);
+/// Past this many order keys, those whose last command is done are forgotten.
+const ORDER_KEYS_KEPT: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
     #[error(transparent)]
     Mqtt(#[from] MqttError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
+/// Runs the processor on the embedded store.
 pub async fn run(context: ChildContext, shutdown: CancellationToken) -> Result<(), ProcessorError> {
-    let options = mqtt::client_options(&context.config, ROLE, context.internal_password.as_ref())?;
-    let link = Link::new(ROLE, options, &context.config, context.alerter.clone());
-    mqtt::run_without_handlers(link, shutdown).await;
+    let store = EmbeddedDocuments::open(&context.config.store.dir)?;
+    run_with_store(context, store, shutdown).await
+}
+
+/// Runs the processor on `store` until `shutdown`.
+pub async fn run_with_store<S: DocumentStore>(
+    context: ChildContext,
+    store: S,
+    shutdown: CancellationToken,
+) -> Result<(), ProcessorError> {
+    let config = context.config.clone();
+    let options = mqtt::client_options(&config, ROLE, context.internal_password.as_ref())?;
+    let (mut link, acker) = Link::persistent(ROLE, options, &config, context.alerter.clone());
+    for filter in [
+        topics::COMMAND_FILTER,
+        topics::APPLIANCE_STATE_TOPIC,
+        topics::HOMETEMP_TOPIC,
+        topics::OPENWEATHER_TOPIC,
+    ] {
+        link.subscribe(filter, QoS::AtLeastOnce);
+    }
+    let handler_timeout = Duration::from_millis(config.processor.handler_timeout_ms);
+    link.set_drain_grace(handler_timeout + Duration::from_secs(config.processor.facer_timeout_secs));
+    let client = link.client();
+
+    let tasks = TaskTracker::new();
+    let (appliance_inputs, appliance_queue) = mpsc::channel(config.processor.queue_capacity);
+    tasks.spawn(appliance::run(
+        appliance_queue,
+        store.clone(),
+        client.clone(),
+        config.clone(),
+        context.alerter.clone(),
+    ));
+    let handlers = Arc::new(Handlers::new(store, client, config.clone(), context.alerter.clone()));
+    let (incoming, queue) = mpsc::channel(config.processor.queue_capacity);
+    let dispatcher = Dispatcher {
+        handlers,
+        acker,
+        last_by_key: HashMap::new(),
+        appliance: appliance_inputs,
+        permits: Arc::new(Semaphore::new(config.processor.max_concurrent_handlers)),
+        handler_timeout,
+        tasks: tasks.clone(),
+    };
+    tokio::join!(link.run(incoming, shutdown.clone()), dispatcher.run(queue, shutdown));
+    tasks.close();
+    tasks.wait().await;
     Ok(())
+}
+
+struct Dispatcher<S: DocumentStore> {
+    handlers: Arc<Handlers<S>>,
+    acker: Acker,
+    /// Per order key, the completion of the last command dispatched with it: the next
+    /// one waits for it, so commands on one subject take effect in arrival order.
+    last_by_key: HashMap<String, oneshot::Receiver<()>>,
+    appliance: mpsc::Sender<ApplianceInput>,
+    permits: Arc<Semaphore>,
+    handler_timeout: Duration,
+    tasks: TaskTracker,
+}
+
+impl<S: DocumentStore> Dispatcher<S> {
+    /// Takes messages until `shutdown`, then lets in-flight handlers finish before it
+    /// releases the queue (which lets the link disconnect).
+    async fn run(mut self, mut queue: mpsc::Receiver<Publish>, shutdown: CancellationToken) {
+        loop {
+            let publish = tokio::select! {
+                () = shutdown.cancelled() => break,
+                publish = queue.recv() => match publish {
+                    Some(publish) => publish,
+                    None => break,
+                },
+            };
+            if !self.dispatch(publish, &shutdown).await {
+                break;
+            }
+        }
+        let Self { appliance, tasks, .. } = self;
+        drop(appliance);
+        tasks.close();
+        tasks.wait().await;
+        drop(queue);
+    }
+
+    /// Routes one message; false when shutdown came first.
+    async fn dispatch(&mut self, publish: Publish, shutdown: &CancellationToken) -> bool {
+        let input = match publish.topic.as_str() {
+            topics::APPLIANCE_STATE_TOPIC => Some(ApplianceInput::State(publish.payload.clone())),
+            topics::HOMETEMP_TOPIC => Some(ApplianceInput::HomeTemp(publish.payload.clone())),
+            topics::OPENWEATHER_TOPIC => Some(ApplianceInput::OpenWeather(publish.payload.clone())),
+            topic if topic.starts_with("webos/server/") || topic == "webos/server" => None,
+            topic => {
+                debug!(topic, "no route for this topic");
+                self.acker.ack(&publish);
+                return true;
+            }
+        };
+        if let Some(input) = input {
+            let sent = tokio::select! {
+                () = shutdown.cancelled() => return false,
+                sent = self.appliance.send(input) => sent,
+            };
+            if sent.is_ok() {
+                self.acker.ack(&publish);
+            }
+            return true;
+        }
+
+        let waited = Instant::now();
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return false,
+            permit = self.permits.clone().acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { return false };
+        if waited.elapsed() >= OVERLOAD_AFTER {
+            warn!(waited = ?waited.elapsed(), "overloaded: every command handler was busy");
+            self.handlers.alerter().raise(Alert::new(
+                ROLE,
+                "overloaded: commands wait for a free handler",
+                format!("waited {} ms; raise processor.max_concurrent_handlers if this recurs", waited.elapsed().as_millis()),
+            ));
+        }
+        self.acker.ack(&publish);
+        let handlers = self.handlers.clone();
+        let command = match handlers.parse(&publish.payload) {
+            Ok(command) => command,
+            Err(rejection) => {
+                self.tasks.spawn(async move {
+                    let _permit = permit;
+                    handlers.refuse(rejection).await;
+                });
+                return true;
+            }
+        };
+        let (done, completion) = oneshot::channel();
+        let previous = self.last_by_key.insert(command.order_key(), completion);
+        self.forget_finished_keys();
+        let timeout = self.handler_timeout;
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            handlers.handle(command, timeout).await;
+            let _ = done.send(());
+        });
+        true
+    }
+
+    fn forget_finished_keys(&mut self) {
+        if self.last_by_key.len() > ORDER_KEYS_KEPT {
+            self.last_by_key
+                .retain(|_, completion| matches!(completion.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        }
+    }
 }

@@ -1,3 +1,5 @@
 //! Wire formats, as plain types and functions with no I/O.
 
 pub mod appliance;
+pub mod command;
+pub mod topics;

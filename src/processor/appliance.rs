@@ -1,0 +1,212 @@
+//! The appliance task: the one place that knows the last applied state.
+//!
+//! It takes, in order, the states the appliance reports and the sensor values the
+//! syncer publishes. On a state change it writes the alarms in the old format and
+//! republishes the state (retained); on any input it recomputes the recommendation and
+//! republishes it (retained) when the text changed. The last state is kept in the
+//! store, so a restart neither repeats alarms nor misses the change it came back to.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, QoS};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::alarms;
+use super::recommendation::{self, Inputs};
+use super::texts;
+use crate::alert::{Alert, Alerter};
+use crate::config::Config;
+use crate::protocol::appliance::{self, Change, State};
+use crate::protocol::command::error_reply;
+use crate::protocol::topics::{CURRENT_STATE_TOPIC, DATA_ERROR_TOPIC, RECOMMENDATION_TOPIC};
+use crate::store::{DocumentStore, StoreError};
+
+/// Where the processor keeps what it must remember across restarts.
+const STATE_COLLECTION: &str = "smarthomed_state";
+const STATE_DOCUMENT: &str = "appliance";
+
+pub enum ApplianceInput {
+    State(Bytes),
+    HomeTemp(Bytes),
+    OpenWeather(Bytes),
+}
+
+struct Appliance<S> {
+    store: S,
+    client: AsyncClient,
+    config: Arc<Config>,
+    alerter: Alerter,
+    inputs: Inputs,
+    published_recommendation: Option<String>,
+    /// The second of the last alarm and how many alarms it has, so that alarms of
+    /// one second get distinct ids even across state changes.
+    alarm_second: (i64, usize),
+}
+
+pub async fn run<S: DocumentStore>(
+    mut queue: mpsc::Receiver<ApplianceInput>,
+    store: S,
+    client: AsyncClient,
+    config: Arc<Config>,
+    alerter: Alerter,
+) {
+    let mut appliance = Appliance {
+        store,
+        client,
+        config,
+        alerter,
+        inputs: Inputs::default(),
+        published_recommendation: None,
+        alarm_second: (0, 0),
+    };
+    appliance.inputs.state = appliance.load_state().await;
+    while let Some(input) = queue.recv().await {
+        match input {
+            ApplianceInput::State(payload) => appliance.on_state(&payload).await,
+            ApplianceInput::HomeTemp(payload) => {
+                if let Some(hometemp) = appliance.json(&payload, "sensor/hometemp").await {
+                    appliance.inputs.raining = recommendation::rain_from_hometemp(&hometemp);
+                }
+            }
+            ApplianceInput::OpenWeather(payload) => {
+                if let Some(weather) = appliance.json(&payload, "sensor/openweather").await {
+                    let (icon, air_level) = recommendation::weather_from_openweather(&weather);
+                    appliance.inputs.weather_icon = icon;
+                    appliance.inputs.air_level = air_level;
+                }
+            }
+        }
+        appliance.recommend().await;
+    }
+}
+
+impl<S: DocumentStore> Appliance<S> {
+    async fn load_state(&self) -> Option<State> {
+        let stored = match self.store.get(STATE_COLLECTION, STATE_DOCUMENT).await {
+            Ok(stored) => stored?,
+            Err(err) => {
+                self.store_failed("cannot read the last appliance state", &err);
+                return None;
+            }
+        };
+        let text = stored.get("status").and_then(Value::as_str).unwrap_or_default();
+        match State::parse(text) {
+            Ok(state) => Some(state),
+            Err(err) => {
+                warn!("ignoring the stored appliance state {text:?}: {err}");
+                None
+            }
+        }
+    }
+
+    async fn on_state(&mut self, payload: &[u8]) {
+        let text = String::from_utf8_lossy(payload);
+        let text = text.trim();
+        let state = match State::parse(text) {
+            Ok(state) => state,
+            Err(err) => {
+                let message = format!("the appliance reported {text:?}: {err}");
+                warn!("{message}");
+                self.publish(DATA_ERROR_TOPIC, false, error_reply(err.code(), &message, None).to_string()).await;
+                self.alerter.raise(Alert::new("processor", "the appliance reported an unreadable state", message));
+                return;
+            }
+        };
+        let previous = self.inputs.state.replace(state);
+        if previous == Some(state) {
+            return;
+        }
+        if let Some(previous) = previous {
+            let changes = appliance::changes(&previous, &state);
+            if let Err(err) = self.write_alarms(&changes).await {
+                self.store_failed("cannot write alarms", &err);
+            }
+        }
+        let mut stored = serde_json::Map::new();
+        stored.insert("status".into(), json!(state.encode()));
+        if let Err(err) = self.store.set(STATE_COLLECTION, STATE_DOCUMENT, stored).await {
+            self.store_failed("cannot save the appliance state", &err);
+        }
+        info!(state = %state, "appliance state");
+        self.publish(CURRENT_STATE_TOPIC, true, state.encode()).await;
+    }
+
+    async fn write_alarms(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let language = self.config.processor.language;
+        let now = chrono::Local::now();
+        let date = alarms::alarm_date(now.naive_local());
+        if self.alarm_second.0 != now.timestamp() {
+            self.alarm_second = (now.timestamp(), 0);
+        }
+        for change in changes {
+            let nth = self.alarm_second.1;
+            self.alarm_second.1 += 1;
+            let mode_name = match change {
+                Change::ModeRun(number) => self.mode_name(*number).await?,
+                _ => String::new(),
+            };
+            let text = texts::alarm(language, *change, &mode_name);
+            let id = alarms::alarm_id(now.timestamp(), nth);
+            self.store.set(alarms::COLLECTION, &id, alarms::document(&text, &date)).await?;
+            info!(id, inform = text.inform, "alarm");
+        }
+        let ids = self.store.list(alarms::COLLECTION).await?.into_iter().map(|(id, _)| id).collect();
+        for id in alarms::excess(ids) {
+            self.store.delete(alarms::COLLECTION, &id).await?;
+        }
+        Ok(())
+    }
+
+    /// The `modeName` of the mode with `modeNum` = `number`.
+    async fn mode_name(&self, number: u8) -> Result<String, StoreError> {
+        let modes = self.store.list("modes").await?;
+        let name = modes.iter().find_map(|(_, mode)| {
+            (mode.get("modeNum").and_then(Value::as_u64) == Some(u64::from(number)))
+                .then(|| mode.get("modeName").and_then(Value::as_str).map(str::to_owned))
+                .flatten()
+        });
+        Ok(name.unwrap_or_else(|| {
+            warn!(number, "no mode document has this modeNum");
+            texts::unnamed_mode(self.config.processor.language, number)
+        }))
+    }
+
+    async fn recommend(&mut self) {
+        let advice = recommendation::advise(&self.inputs, &self.config.processor.recommendation);
+        let text = texts::advice(self.config.processor.language, advice).to_owned();
+        if self.published_recommendation.as_deref() != Some(text.as_str()) {
+            info!(recommendation = text, "recommendation");
+            self.publish(RECOMMENDATION_TOPIC, true, text.clone()).await;
+            self.published_recommendation = Some(text);
+        }
+    }
+
+    async fn json(&self, payload: &[u8], what: &str) -> Option<Value> {
+        match serde_json::from_slice::<Value>(payload) {
+            Ok(value) if value.is_object() => Some(value),
+            Ok(_) | Err(_) => {
+                let message = format!("{what} is not a JSON object: {:?}", String::from_utf8_lossy(payload));
+                warn!("{message}");
+                self.publish(DATA_ERROR_TOPIC, false, error_reply("bad_sensor_data", &message, None).to_string()).await;
+                None
+            }
+        }
+    }
+
+    fn store_failed(&self, what: &str, err: &StoreError) {
+        warn!("{what}: {err}");
+        self.alerter.raise(Alert::new("processor", what, err.to_string()));
+    }
+
+    async fn publish(&self, topic: &str, retain: bool, payload: String) {
+        if let Err(err) = self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await {
+            warn!(topic, "cannot publish: {err}");
+        }
+    }
+}

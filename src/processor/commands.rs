@@ -1,0 +1,192 @@
+//! The command handlers: signup, signin, start_facer and appliance controls, with
+//! the old reply shapes (car2home.md section 3). Every command gets its answer:
+//! a reply, or an error reply on the producer's error topic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, QoS};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::alert::{Alert, Alerter};
+use crate::config::Config;
+use crate::protocol::command::{self, Command, Rejection, Request};
+use crate::protocol::topics::{self, APPLIANCE_CONTROL_TOPIC, CAMERA_TOPIC};
+use crate::store::{DocumentStore, StoreError};
+
+pub const USERS: &str = "user_account";
+
+pub struct Handlers<S> {
+    store: S,
+    client: AsyncClient,
+    config: Arc<Config>,
+    alerter: Alerter,
+    facer_running: AtomicBool,
+}
+
+/// A failure that is the daemon's, not the sender's: it is also alerted.
+fn store_failure(err: &StoreError) -> Rejection {
+    Rejection::new("store_error", format!("the store failed: {err}"))
+}
+
+impl<S: DocumentStore> Handlers<S> {
+    pub fn new(store: S, client: AsyncClient, config: Arc<Config>, alerter: Alerter) -> Self {
+        Self {
+            store,
+            client,
+            config,
+            alerter,
+            facer_running: AtomicBool::new(false),
+        }
+    }
+
+    pub fn alerter(&self) -> &Alerter {
+        &self.alerter
+    }
+
+    /// Reads a command payload.
+    pub fn parse(&self, payload: &Bytes) -> Result<Command, Rejection> {
+        command::parse(payload, self.config.processor.max_command_bytes)
+    }
+
+    /// Answers a command that could not be read.
+    pub async fn refuse(&self, rejection: Rejection) {
+        info!(code = rejection.code, "rejected command: {}", rejection.message);
+        self.reject(&rejection).await;
+    }
+
+    /// Carries out one command within `timeout` (plus the recognizer's own time for
+    /// `start_facer`), answering with its reply or an error reply.
+    pub async fn handle(&self, command: Command, timeout: Duration) {
+        let timeout = match command.request {
+            Request::StartFacer => timeout + Duration::from_secs(self.config.processor.facer_timeout_secs),
+            _ => timeout,
+        };
+        let outcome = tokio::time::timeout(timeout, self.carry_out(&command)).await;
+        let failure = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(rejection)) => rejection,
+            Err(_) => {
+                let rejection = Rejection::new("timeout", format!("not done within {} ms", timeout.as_millis()));
+                self.alerter.raise(Alert::new(
+                    "processor",
+                    format!("command {} timed out", command.name),
+                    format!("from {}; {}", command.producer, rejection.message),
+                ));
+                rejection
+            }
+        };
+        let rejection = Rejection {
+            producer: Some(command.producer.clone()),
+            command: Some(command.name.clone()),
+            ..failure
+        };
+        if rejection.code == "store_error" {
+            self.alerter.raise(Alert::new("processor", "a command failed on the store", rejection.message.clone()));
+        }
+        self.reject(&rejection).await;
+    }
+
+    async fn carry_out(&self, command: &Command) -> Result<(), Rejection> {
+        let producer = command.producer.as_str();
+        match &command.request {
+            Request::Signup { uid, name } => {
+                let mut user = serde_json::Map::new();
+                user.insert("name".into(), Value::String(name.clone()));
+                self.store.set(USERS, uid, user).await.map_err(|err| store_failure(&err))?;
+                info!(producer, uid, "signed up");
+                Ok(())
+            }
+            Request::Signin { uid } => {
+                let Some(mut user) = self.store.get(USERS, uid).await.map_err(|err| store_failure(&err))? else {
+                    return Err(Rejection::new("unknown_user", format!("no user with UID {uid}")));
+                };
+                user.insert("Producer".into(), json!("server"));
+                user.insert("command".into(), json!("return_name"));
+                self.publish(&topics::reply_topic(producer), Value::Object(user).to_string()).await;
+                Ok(())
+            }
+            Request::StartFacer => self.start_facer(producer).await,
+            Request::Control(control) => {
+                self.publish(APPLIANCE_CONTROL_TOPIC, control.encode()).await;
+                info!(producer, control = %control, "control relayed to the appliance");
+                Ok(())
+            }
+        }
+    }
+
+    /// Signals the camera, runs the recognizer, signals the camera again, and answers
+    /// with the recognised user. Only one recognition runs at a time.
+    async fn start_facer(&self, producer: &str) -> Result<(), Rejection> {
+        let Some((program, args)) = self.config.processor.facer_command.split_first() else {
+            return Err(Rejection::new("facer_unavailable", "no face recognizer is configured (processor.facer_command)"));
+        };
+        if self.facer_running.swap(true, Ordering::AcqRel) {
+            return Err(Rejection::new("facer_busy", "a face recognition is already running"));
+        }
+        let sign = |sign: &str| json!({"Producer": "server", "command": "facer_sign", "sign": sign}).to_string();
+        self.publish(CAMERA_TOPIC, sign("start")).await;
+        let timeout = Duration::from_secs(self.config.processor.facer_timeout_secs);
+        let result = recognize(program, args, timeout).await;
+        self.facer_running.store(false, Ordering::Release);
+        self.publish(CAMERA_TOPIC, sign("end")).await;
+
+        let result = result.unwrap_or_else(|why| {
+            warn!("face recognizer failed: {why}");
+            "fail".to_string()
+        });
+        // The old guard (`result != "none" or result != "fail"`) was always true and
+        // looked "none" up as a user; only a real UID is looked up here.
+        let name = if result == "none" || result == "fail" {
+            "fail".to_string()
+        } else {
+            match self.store.get(USERS, &result).await {
+                Ok(Some(user)) => user.get("name").and_then(Value::as_str).unwrap_or("fail").to_string(),
+                Ok(None) => "fail".to_string(),
+                Err(StoreError::InvalidName { .. }) => "fail".to_string(),
+                Err(err) => return Err(store_failure(&err)),
+            }
+        };
+        let reply = json!({"Producer": "server", "command": "return_facer", "result": result, "name": name});
+        self.publish(&topics::reply_topic(producer), reply.to_string()).await;
+        Ok(())
+    }
+
+    async fn reject(&self, rejection: &Rejection) {
+        self.publish(&rejection.topic(), rejection.reply().to_string()).await;
+    }
+
+    async fn publish(&self, topic: &str, payload: String) {
+        if let Err(err) = self.client.publish(topic, QoS::AtLeastOnce, false, payload).await {
+            warn!(topic, "cannot publish: {err}");
+        }
+    }
+}
+
+/// Runs the recognizer; its last non-empty line of output is the result.
+async fn recognize(program: &str, args: &[String], timeout: Duration) -> Result<String, String> {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| format!("cannot start {program}: {err}"))?;
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| format!("{program} took longer than {} s", timeout.as_secs()))?
+        .map_err(|err| format!("{program}: {err}"))?;
+    if !output.status.success() {
+        return Err(format!("{program} failed with {}", output.status));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .rfind(|line| !line.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{program} printed nothing"))
+}

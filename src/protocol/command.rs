@@ -1,0 +1,331 @@
+//! The JSON commands of the Android app and the webOS car dashboard
+//! (car2home.md section 3), the topics they travel on, and the replies.
+//!
+//! Every command is an object with `Producer` (the sending device) and `command`.
+//! [`COMMANDS`] is the one table of what exists: a new device type or command is a
+//! row there plus its [`Request`] variant. Parsing never panics; every way a payload
+//! can be wrong is a [`Rejection`] with a machine-readable code, and the producer
+//! when it is known, so the reply can go to that device.
+
+use serde_json::{Map, Value, json};
+
+use super::appliance::{Control, ParseError};
+
+use super::topics::{DATA_WARNING_TOPIC, error_topic};
+
+/// The devices that send commands and get replies on `webos/<device>/...`.
+pub const PRODUCERS: [&str; 2] = ["android", "car"];
+
+/// A command that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Signup { uid: String, name: String },
+    Signin { uid: String },
+    StartFacer,
+    Control(Control),
+}
+
+/// One row of the command table.
+pub struct CommandSpec {
+    pub command: &'static str,
+    pub producers: &'static [&'static str],
+    pub parse: fn(&Map<String, Value>) -> Result<Request, Rejection>,
+}
+
+pub const COMMANDS: &[CommandSpec] = &[
+    CommandSpec {
+        command: "signup",
+        producers: &["android", "car"],
+        parse: |fields| {
+            Ok(Request::Signup {
+                uid: uid(fields)?,
+                name: text_field(fields, "name")?,
+            })
+        },
+    },
+    CommandSpec {
+        command: "signin",
+        producers: &["android", "car"],
+        parse: |fields| Ok(Request::Signin { uid: uid(fields)? }),
+    },
+    CommandSpec {
+        command: "start_facer",
+        producers: &["car"],
+        parse: |_| Ok(Request::StartFacer),
+    },
+    CommandSpec {
+        command: "control",
+        producers: &["android", "car"],
+        parse: |fields| {
+            let digits = text_field(fields, "control")?;
+            Control::parse(&digits)
+                .map(Request::Control)
+                .map_err(|err| Rejection::bad_control(&err))
+        },
+    },
+];
+
+/// A command that cannot be carried out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub message: String,
+    /// The producer, when the payload named a known one: the reply goes there.
+    pub producer: Option<String>,
+    /// The command, when the payload named one.
+    pub command: Option<String>,
+}
+
+impl Rejection {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            producer: None,
+            command: None,
+        }
+    }
+
+    fn bad_control(err: &ParseError) -> Self {
+        Self::new("invalid_control", format!("control: {err}"))
+    }
+
+    /// Where the error reply goes: the producer's error topic, or operators' warnings.
+    pub fn topic(&self) -> String {
+        match &self.producer {
+            Some(producer) => error_topic(producer),
+            None => DATA_WARNING_TOPIC.to_string(),
+        }
+    }
+
+    /// The error reply.
+    pub fn reply(&self) -> Value {
+        error_reply(self.code, &self.message, self.command.as_deref())
+    }
+}
+
+/// `{"Producer":"server","command":"error","code":...,"message":...}`, with the
+/// `request` that failed when known.
+pub fn error_reply(code: &str, message: &str, request: Option<&str>) -> Value {
+    let mut reply = json!({
+        "Producer": "server",
+        "command": "error",
+        "code": code,
+        "message": message,
+    });
+    if let Some(request) = request {
+        reply["request"] = Value::String(request.to_owned());
+    }
+    reply
+}
+
+/// A parsed command: who sent it, what it asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub producer: String,
+    pub name: String,
+    pub request: Request,
+}
+
+impl Command {
+    /// Commands with the same key must take effect in the order they arrived (a
+    /// signin right after its signup); commands with different keys may overlap.
+    pub fn order_key(&self) -> String {
+        match &self.request {
+            Request::Signup { uid, .. } | Request::Signin { uid } => format!("user/{uid}"),
+            Request::StartFacer => "facer".into(),
+            Request::Control(_) => "appliance".into(),
+        }
+    }
+}
+
+/// Reads a command payload of at most `max_bytes`.
+pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Command, Rejection> {
+    if payload.len() > max_bytes {
+        return Err(Rejection::new(
+            "payload_too_large",
+            format!("a command may be at most {max_bytes} bytes, this one is {}", payload.len()),
+        ));
+    }
+    let text = std::str::from_utf8(payload).map_err(|err| {
+        Rejection::new("not_utf8", format!("payload is not UTF-8 text: {err}"))
+    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|err| Rejection::new("not_json", format!("payload is not JSON: {err}")))?;
+    let Value::Object(fields) = value else {
+        return Err(Rejection::new("not_an_object", "a command must be a JSON object"));
+    };
+    let producer = match fields.get("Producer") {
+        Some(Value::String(producer)) => producer.clone(),
+        Some(_) => return Err(Rejection::new("bad_field", "Producer must be a string")),
+        None => return Err(Rejection::new("missing_field", "Producer is missing")),
+    };
+    let known = PRODUCERS.contains(&producer.as_str());
+    let with_producer = |mut rejection: Rejection| {
+        if known {
+            rejection.producer = Some(producer.clone());
+        }
+        rejection
+    };
+    let name = match fields.get("command") {
+        Some(Value::String(name)) => name.clone(),
+        Some(_) => return Err(with_producer(Rejection::new("bad_field", "command must be a string"))),
+        None => return Err(with_producer(Rejection::new("missing_field", "command is missing"))),
+    };
+    let with_command = |rejection: Rejection| Rejection {
+        command: Some(name.clone()),
+        ..with_producer(rejection)
+    };
+    if !known {
+        return Err(with_command(Rejection::new(
+            "unknown_producer",
+            format!("unknown Producer {producer:?}; known: {}", PRODUCERS.join(", ")),
+        )));
+    }
+    let Some(spec) = COMMANDS
+        .iter()
+        .find(|spec| spec.command == name && spec.producers.contains(&producer.as_str()))
+    else {
+        return Err(with_command(Rejection::new(
+            "unknown_command",
+            format!("{producer} has no command {name:?}"),
+        )));
+    };
+    let request = (spec.parse)(&fields).map_err(with_command)?;
+    Ok(Command {
+        producer,
+        name,
+        request,
+    })
+}
+
+fn text_field(fields: &Map<String, Value>, key: &'static str) -> Result<String, Rejection> {
+    match fields.get(key) {
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(other) => Err(Rejection::new(
+            "bad_field",
+            format!("{key} must be a string, not {}", json_type(other)),
+        )),
+        None => Err(Rejection::new("missing_field", format!("{key} is missing"))),
+    }
+}
+
+/// A user id, usable as a document id.
+fn uid(fields: &Map<String, Value>) -> Result<String, Rejection> {
+    let uid = text_field(fields, "UID")?;
+    crate::store::check_name("UID", &uid)
+        .map_err(|err| Rejection::new("bad_field", err.to_string()))?;
+    Ok(uid)
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Command, Rejection> {
+        parse(text.as_bytes(), 4096)
+    }
+
+    fn rejection(text: &str) -> Rejection {
+        parse_text(text).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn the_reference_signup_parses() {
+        let command = parse_text(
+            r#"{"Producer":"android","command":"signup","UID":"eAMHGLmiBGO76PIQ54O9CpsqTb23","name":"Hong-Gil-Dong"}"#,
+        )
+        .unwrap();
+        assert_eq!(command.producer, "android");
+        assert_eq!(
+            command.request,
+            Request::Signup {
+                uid: "eAMHGLmiBGO76PIQ54O9CpsqTb23".into(),
+                name: "Hong-Gil-Dong".into()
+            }
+        );
+    }
+
+    #[test]
+    fn every_command_of_the_table_parses_for_its_producers() {
+        for (text, expected) in [
+            (r#"{"Producer":"car","command":"signin","UID":"u1"}"#, Request::Signin { uid: "u1".into() }),
+            (r#"{"Producer":"car","command":"start_facer"}"#, Request::StartFacer),
+            (
+                r#"{"Producer":"android","command":"control","control":"009060210"}"#,
+                Request::Control(Control::parse("009060210").unwrap()),
+            ),
+        ] {
+            assert_eq!(parse_text(text).unwrap().request, expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_payloads_get_codes_and_known_producers_get_the_reply() {
+        for (payload, code, producer) in [
+            (&b"\xff\xfe"[..], "not_utf8", None),
+            (b"not json", "not_json", None),
+            (b"[1,2]", "not_an_object", None),
+            (br#"{"command":"signin"}"#, "missing_field", None),
+            (br#"{"Producer":7,"command":"signin"}"#, "bad_field", None),
+            (br#"{"Producer":"android"}"#, "missing_field", Some("android")),
+            (br#"{"Producer":"android","command":["x"]}"#, "bad_field", Some("android")),
+            (br#"{"Producer":"toaster","command":"signin"}"#, "unknown_producer", None),
+            (br#"{"Producer":"android","command":"fly"}"#, "unknown_command", Some("android")),
+            (br#"{"Producer":"android","command":"start_facer"}"#, "unknown_command", Some("android")),
+            (br#"{"Producer":"car","command":"signin"}"#, "missing_field", Some("car")),
+            (br#"{"Producer":"car","command":"signin","UID":5}"#, "bad_field", Some("car")),
+            (br#"{"Producer":"car","command":"signin","UID":"a/b"}"#, "bad_field", Some("car")),
+            (br#"{"Producer":"car","command":"signup","UID":"u"}"#, "missing_field", Some("car")),
+            (br#"{"Producer":"car","command":"control","control":"12345"}"#, "invalid_control", Some("car")),
+            (br#"{"Producer":"car","command":"control","control":"0x9060210"}"#, "invalid_control", Some("car")),
+        ] {
+            let rejection = parse(payload, 4096).expect_err("rejected");
+            assert_eq!(rejection.code, code, "{}", String::from_utf8_lossy(payload));
+            assert_eq!(rejection.producer.as_deref(), producer, "{}", String::from_utf8_lossy(payload));
+        }
+    }
+
+    #[test]
+    fn commands_on_one_user_share_an_order_key() {
+        let key = |text: &str| parse_text(text).unwrap().order_key();
+        assert_eq!(
+            key(r#"{"Producer":"android","command":"signup","UID":"u1","name":"n"}"#),
+            key(r#"{"Producer":"car","command":"signin","UID":"u1"}"#)
+        );
+        assert_ne!(
+            key(r#"{"Producer":"car","command":"signin","UID":"u1"}"#),
+            key(r#"{"Producer":"car","command":"signin","UID":"u2"}"#)
+        );
+    }
+
+    #[test]
+    fn oversize_payloads_are_refused_before_parsing() {
+        let big = format!(r#"{{"Producer":"android","command":"signup","UID":"u","name":"{}"}}"#, "x".repeat(5000));
+        assert_eq!(rejection(&big).code, "payload_too_large");
+    }
+
+    #[test]
+    fn error_replies_name_the_failed_request_and_go_to_the_right_topic() {
+        let rejection = rejection(r#"{"Producer":"car","command":"control","control":"0x9060210"}"#);
+        assert_eq!(rejection.topic(), "webos/car/error");
+        let reply = rejection.reply();
+        assert_eq!(reply["Producer"], "server");
+        assert_eq!(reply["command"], "error");
+        assert_eq!(reply["code"], "invalid_control");
+        assert_eq!(reply["request"], "control");
+        assert!(reply["message"].as_str().unwrap().contains("position 1"));
+        assert_eq!(Rejection::new("not_json", "x").topic(), "data/error/warning");
+    }
+}

@@ -1,0 +1,266 @@
+//! The command processor through the real binary and the embedded broker: the old
+//! command and reply shapes, appliance controls and states, alarms and
+//! recommendations, bad input, and nothing lost across a processor restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, FAST_SUPERVISOR, connect, expect_message, expect_messages, subscriber, wait_for};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rumqttc::{AsyncClient, QoS};
+use serde_json::{Value, json};
+use smarthomed::store::DocumentStore;
+use smarthomed::store::embedded::EmbeddedDocuments;
+
+const ROLES: [&str; 3] = ["broker", "processor", "syncer"];
+
+async fn start(extra: &str) -> Daemon {
+    let daemon = Daemon::start("run", "", &format!("{FAST_SUPERVISOR}{extra}"));
+    daemon.wait_children(&ROLES).await;
+    daemon.wait_broker().await;
+    daemon
+}
+
+/// A client that publishes; its event loop runs in the background.
+async fn publisher(daemon: &Daemon, id: &str) -> AsyncClient {
+    let (client, mut eventloop) = connect(daemon.mqtt_port, id, None).await.unwrap();
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    client
+}
+
+async fn send(client: &AsyncClient, topic: &str, payload: impl Into<Vec<u8>>) {
+    client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+}
+
+type Messages = tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)>;
+
+async fn listen(daemon: &Daemon, id: &str, filter: &str) -> Messages {
+    let (client, eventloop) = connect(daemon.mqtt_port, id, None).await.unwrap();
+    subscriber(client, eventloop, filter).await
+}
+
+/// The next message on `topic`, as JSON.
+async fn next_json(messages: &mut Messages, topic: &str) -> Value {
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some((got, payload, _)) = messages.recv().await {
+            if got == topic {
+                return serde_json::from_str(&payload).unwrap_or_else(|_| panic!("not JSON: {payload}"));
+            }
+        }
+        panic!("subscription ended");
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("nothing on {topic} within 15 s"))
+}
+
+/// Waits until the processor's persistent session is subscribed, by a signin that
+/// must be answered.
+async fn wait_processor(client: &AsyncClient, replies: &mut Messages) {
+    send(client, "webos/server/info", r#"{"Producer":"android","command":"signin","UID":"probe-no-such-user"}"#).await;
+    let reply = tokio::time::timeout(Duration::from_secs(20), next_json(replies, "webos/android/error")).await;
+    reply.expect("the processor never answered");
+}
+
+#[tokio::test]
+async fn signup_then_signin_answers_in_the_old_shape() {
+    let daemon = start("").await;
+    let mut replies = listen(&daemon, "app", "webos/+/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+
+    for producer in ["android", "car"] {
+        let uid = format!("eAMHGLmiBGO76PIQ54O9Cp-{producer}");
+        send(&app, "webos/server/info", json!({"Producer": producer, "command": "signup", "UID": uid, "name": "Hong-Gil-Dong"}).to_string()).await;
+        send(&app, "webos/server/info", json!({"Producer": producer, "command": "signin", "UID": uid}).to_string()).await;
+        let reply = next_json(&mut replies, &format!("webos/{producer}/info")).await;
+        assert_eq!(reply, json!({"name": "Hong-Gil-Dong", "Producer": "server", "command": "return_name"}));
+    }
+
+    send(&app, "webos/server/info", r#"{"Producer":"car","command":"signin","UID":"nobody"}"#).await;
+    let error = next_json(&mut replies, "webos/car/error").await;
+    assert_eq!(error["Producer"], "server");
+    assert_eq!(error["command"], "error");
+    assert_eq!(error["code"], "unknown_user");
+    assert_eq!(error["request"], "signin");
+}
+
+#[tokio::test]
+async fn an_app_control_reaches_the_appliance_and_a_bad_one_is_refused() {
+    let daemon = start("").await;
+    let mut appliance = listen(&daemon, "PSW_Arduino", "webos/smarthome/#").await;
+    let mut replies = listen(&daemon, "app", "webos/+/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"control","control":"009060210"}"#).await;
+    expect_message(&mut appliance, "webos/smarthome/info", "009060210").await;
+
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"control","control":"0x9060210"}"#).await;
+    let error = next_json(&mut replies, "webos/android/error").await;
+    assert_eq!(error["code"], "invalid_control");
+    assert!(error["message"].as_str().unwrap().contains("position 1"), "{error}");
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_an_error_reply_and_the_processor_keeps_serving() {
+    let daemon = start("[processor]\nmax_command_bytes = 1024\n").await;
+    let mut replies = listen(&daemon, "ops", "#").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+    let processor = daemon.children()["processor"];
+
+    let oversize = format!(r#"{{"Producer":"android","command":"signup","UID":"u","name":"{}"}}"#, "x".repeat(2000));
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (b"\xff\xfe\xfd".to_vec(), "data/error/warning", "not_utf8"),
+        (b"hello".to_vec(), "data/error/warning", "not_json"),
+        (b"[1,2,3]".to_vec(), "data/error/warning", "not_an_object"),
+        (br#"{"command":"signin"}"#.to_vec(), "data/error/warning", "missing_field"),
+        (br#"{"Producer":"toaster","command":"signin"}"#.to_vec(), "data/error/warning", "unknown_producer"),
+        (br#"{"Producer":"android","command":"teleport"}"#.to_vec(), "webos/android/error", "unknown_command"),
+        (br#"{"Producer":"android","command":"signin","UID":42}"#.to_vec(), "webos/android/error", "bad_field"),
+        (br#"{"Producer":"car","command":"signup","UID":"u"}"#.to_vec(), "webos/car/error", "missing_field"),
+        (oversize.into_bytes(), "data/error/warning", "payload_too_large"),
+        (br#"{"Producer":"car","command":"start_facer"}"#.to_vec(), "webos/car/error", "facer_unavailable"),
+    ];
+    for (payload, topic, code) in cases {
+        send(&app, "webos/server/info", payload.clone()).await;
+        let error = next_json(&mut replies, topic).await;
+        assert_eq!(error["code"], code, "for {}", String::from_utf8_lossy(&payload));
+        assert_eq!(error["Producer"], "server");
+    }
+    send(&app, "data/smarthome", "12345").await;
+    let error = next_json(&mut replies, "data/error/error").await;
+    assert_eq!(error["code"], "bad_length");
+
+    assert_eq!(daemon.children()["processor"], processor, "the processor restarted");
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"signup","UID":"still-here","name":"ok"}"#).await;
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"signin","UID":"still-here"}"#).await;
+    assert_eq!(next_json(&mut replies, "webos/android/info").await["name"], "ok");
+}
+
+#[tokio::test]
+async fn state_changes_write_old_format_alarms_and_a_retained_recommendation() {
+    let mut daemon = start("").await;
+    let mut replies = listen(&daemon, "app", "webos/+/+").await;
+    let device = publisher(&daemon, "PSW_Arduino").await;
+    wait_processor(&device, &mut replies).await;
+    let mut watcher = listen(&daemon, "watcher", "smarthomed/#").await;
+
+    send(&device, "data/smarthome", "000000000").await;
+    expect_message(&mut watcher, "smarthomed/appliance/state", "000000000").await;
+    send(&device, "data/smarthome", "015132310").await;
+    expect_messages(
+        &mut watcher,
+        &[("smarthomed/appliance/state", "015132310"), ("smarthomed/recommendation", "none")],
+    )
+    .await;
+    send(&device, "smarthomed/sensor/hometemp", r#"{"temp": 29.2, "humi": 60, "rain": "1"}"#).await;
+    expect_message(&mut watcher, "smarthomed/recommendation", "비가오니 창문을 닫아주세요.").await;
+    send(&device, "data/smarthome", "015132311").await;
+    expect_message(&mut watcher, "smarthomed/recommendation", "가스벨브가 열려있어요.").await;
+
+    let (late, late_loop) = connect(daemon.mqtt_port, "late-app", None).await.unwrap();
+    let mut late = subscriber(late, late_loop, "smarthomed/recommendation").await;
+    assert!(expect_message(&mut late, "smarthomed/recommendation", "가스벨브가 열려있어요.").await, "retained");
+
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
+    let store = EmbeddedDocuments::open(&daemon.dir.path().join("data")).unwrap();
+    let alarms = store.list("appliance_alarm").await.unwrap();
+    let informs: Vec<(String, String)> = alarms
+        .iter()
+        .map(|(_, doc)| (doc["inform"].as_str().unwrap().to_owned(), doc["icon"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(informs.len(), 4, "{informs:?}");
+    for expected in [
+        ("에어컨이 켜졌어요.", "aircon_icon"),
+        ("전등이 켜졌어요.", "light_icon"),
+        ("창문이 열렸어요.", "window_icon"),
+        ("가스밸브가 열렸어요.", "gasvalve_icon"),
+    ] {
+        assert!(informs.contains(&(expected.0.to_owned(), expected.1.to_owned())), "{informs:?}");
+    }
+    for (id, doc) in &alarms {
+        let seconds: i64 = id.split('-').next().unwrap().parse().unwrap();
+        let age = 10_000_000_000 - seconds - chrono::Utc::now().timestamp();
+        assert!(age.abs() < 120, "id {id} is not 10000000000 minus now");
+        let date = doc["date"].as_str().unwrap();
+        assert_eq!(date.split('.').count(), 6, "{date}");
+    }
+}
+
+#[tokio::test]
+async fn a_mode_change_is_one_alarm_with_the_mode_name() {
+    let mut daemon = start("").await;
+    let mut replies = listen(&daemon, "app", "webos/+/+").await;
+    let device = publisher(&daemon, "PSW_Arduino").await;
+    wait_processor(&device, &mut replies).await;
+    let mut watcher = listen(&daemon, "watcher", "smarthomed/appliance/state").await;
+    send(&device, "data/smarthome", "000000000").await;
+    expect_message(&mut watcher, "smarthomed/appliance/state", "000000000").await;
+    send(&device, "data/smarthome", "311000000").await;
+    expect_message(&mut watcher, "smarthomed/appliance/state", "311000000").await;
+
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(20)).await;
+    let store = EmbeddedDocuments::open(&daemon.dir.path().join("data")).unwrap();
+    let alarms = store.list("appliance_alarm").await.unwrap();
+    assert_eq!(alarms.len(), 1);
+    assert_eq!(alarms[0].1["inform"], "3번 모드가 실행되었습니다.");
+    assert_eq!(alarms[0].1["icon"], "3mode_icon");
+}
+
+#[tokio::test]
+async fn a_signup_sent_while_the_processor_is_down_is_stored_when_it_is_back() {
+    let daemon = Daemon::start(
+        "run",
+        "",
+        "[supervisor]\nbackoff_initial_ms = 2000\nbackoff_max_ms = 2000\nstop_timeout_secs = 5\n",
+    );
+    let children = daemon.wait_children(&ROLES).await;
+    daemon.wait_broker().await;
+    let mut replies = listen(&daemon, "app", "webos/+/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+
+    kill(Pid::from_raw(children["processor"] as i32), Signal::SIGKILL).unwrap();
+    wait_for(Duration::from_secs(5), "the processor to be gone", || {
+        (!daemon.children().contains_key("processor")).then_some(())
+    })
+    .await;
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"signup","UID":"offline-uid","name":"while away"}"#).await;
+
+    wait_for(Duration::from_secs(15), "a new processor", || daemon.children().get("processor").copied()).await;
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"signin","UID":"offline-uid"}"#).await;
+    let reply = next_json(&mut replies, "webos/android/info").await;
+    assert_eq!(reply["name"], "while away");
+}
+
+#[tokio::test]
+async fn start_facer_signals_the_camera_and_answers_with_the_recognised_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("recognize.sh");
+    std::fs::write(&script, "#!/bin/sh\necho 'warming up'\ncat \"$1\"\n").unwrap();
+    let answer = dir.path().join("answer");
+    let config = format!(
+        "[processor]\nfacer_command = [\"sh\", \"{}\", \"{}\"]\nfacer_timeout_secs = 5\n",
+        script.display(),
+        answer.display()
+    );
+    let daemon = start(&config).await;
+    let mut replies = listen(&daemon, "car", "webos/+/+").await;
+    let car = publisher(&daemon, "car-pub").await;
+    wait_processor(&car, &mut replies).await;
+    send(&car, "webos/server/info", r#"{"Producer":"car","command":"signup","UID":"face-uid","name":"Driver"}"#).await;
+
+    for (recognised, result, name) in [("face-uid", "face-uid", "Driver"), ("none", "none", "fail"), ("ghost", "ghost", "fail")] {
+        std::fs::write(&answer, format!("{recognised}\n")).unwrap();
+        send(&car, "webos/server/info", r#"{"Producer":"car","command":"start_facer"}"#).await;
+        assert_eq!(next_json(&mut replies, "webos/camera/info").await["sign"], "start");
+        assert_eq!(next_json(&mut replies, "webos/camera/info").await["sign"], "end");
+        let reply = next_json(&mut replies, "webos/car/info").await;
+        assert_eq!(reply, json!({"Producer": "server", "command": "return_facer", "result": result, "name": name}));
+    }
+}
