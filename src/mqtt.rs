@@ -138,7 +138,12 @@ impl Link {
             QoS::AtLeastOnce,
             true,
         ));
-        let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
+        let (client, mut eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
+        // A reply is an acknowledgement followed by a publish: with Nagle the second
+        // small write waits for a delayed ACK, some 40 ms per message.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         Self {
             role,
             client,

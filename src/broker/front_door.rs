@@ -161,8 +161,32 @@ async fn splice(mut client: TcpStream, route: Route, sniff_timeout: Duration) ->
     let mut backend = TcpStream::connect(backend_addr).await?;
     backend.set_nodelay(true)?;
     backend.write_all(&prefix).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut backend).await?;
+    let (mut client_in, mut client_out) = client.into_split();
+    let (backend_in, mut backend_out) = backend.into_split();
+    let requests = async {
+        tokio::io::copy(&mut client_in, &mut backend_out).await?;
+        backend_out.shutdown().await
+    };
+    tokio::try_join!(requests, forward_replies(backend_in, &mut client_out))?;
     Ok(())
+}
+
+/// Copies rumqttd's output to the client, acknowledging each read at once. rumqttd
+/// leaves Nagle's algorithm on, so its second small write in a row (a publish right
+/// after an acknowledgement) would wait for our delayed ACK: 40 ms per message.
+async fn forward_replies(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let read = from.read(&mut buf).await?;
+        if read == 0 {
+            return to.shutdown().await;
+        }
+        let _ = socket2::SockRef::from(from.as_ref()).set_tcp_quickack(true);
+        to.write_all(&buf[..read]).await?;
+    }
 }
 
 async fn read_level(client: &mut TcpStream) -> Result<(u8, Vec<u8>), SpliceError> {

@@ -1,0 +1,178 @@
+//! The signin round trip through the embedded broker: an app publishes a signin to
+//! `webos/server/info` and waits for the reply on `webos/android/info`, against the
+//! real daemon (`smarthomed run`, release build under `cargo bench`).
+//!
+//! Reports latency (p50, p99) of sequential round trips, replies per second with many
+//! signins in flight, and the resident memory of each process afterwards.
+//! `cargo bench --bench signin_round_trip`; under `cargo test` it runs a short smoke
+//! pass, so the benchmark keeps working.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+
+const BIN: &str = env!("CARGO_BIN_EXE_smarthomed");
+const SIGNIN: &str = r#"{"Producer":"android","command":"signin","UID":"bench-user"}"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Daemon {
+    child: Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "[broker]\nlisten = \"127.0.0.1:{port}\"\nws_listen = \"127.0.0.1:{}\"\n[store]\ndir = \"{}\"\n",
+        free_port(),
+        dir.path().join("data").display()
+    );
+    std::fs::write(dir.path().join("smarthomed.toml"), config).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(dir.path().join("smarthomed.toml"))
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Daemon { child, _dir: dir, port }
+}
+
+async fn client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return (client, eventloop),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert!(Instant::now() < deadline, "the broker never accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls until `count` replies arrived on the reply topic.
+async fn replies(eventloop: &mut EventLoop, count: usize) {
+    let mut seen = 0;
+    while seen < count {
+        if let Event::Incoming(Packet::Publish(publish)) = eventloop.poll().await.expect("connection lost") {
+            if publish.topic == "webos/android/info" {
+                seen += 1;
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn children(parent: u32) -> Vec<(String, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let role = cmdline.split(|&b| b == 0).nth(1).map(|r| String::from_utf8_lossy(r).into_owned()).unwrap_or_default();
+            found.push((role, pid));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::main]
+async fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let (sequential, pipelined, window) = if full { (5_000, 50_000, 200) } else { (50, 200, 20) };
+
+    let daemon = start();
+    let (app, mut eventloop) = client(daemon.port, "bench-app").await;
+    app.subscribe("webos/android/+", QoS::AtLeastOnce).await.unwrap();
+    let signup = r#"{"Producer":"android","command":"signup","UID":"bench-user","name":"Bench"}"#;
+    // The first answered signin shows the processor is subscribed and the user stored;
+    // what is published before the processor first subscribes reaches no one.
+    let warm = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            app.publish("webos/server/info", QoS::AtLeastOnce, false, signup).await.unwrap();
+            app.publish("webos/server/info", QoS::AtLeastOnce, false, SIGNIN).await.unwrap();
+            let answered = tokio::time::timeout(Duration::from_millis(500), replies(&mut eventloop, 1)).await;
+            if answered.is_ok() {
+                return;
+            }
+        }
+    })
+    .await;
+    warm.expect("the processor never answered");
+
+    let mut latencies = Vec::with_capacity(sequential);
+    for _ in 0..sequential {
+        let sent = Instant::now();
+        app.publish("webos/server/info", QoS::AtLeastOnce, false, SIGNIN).await.unwrap();
+        replies(&mut eventloop, 1).await;
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort();
+
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut received = 0;
+    while received < pipelined {
+        while sent < pipelined && sent - received < window {
+            app.publish("webos/server/info", QoS::AtLeastOnce, false, SIGNIN).await.unwrap();
+            sent += 1;
+        }
+        replies(&mut eventloop, 1).await;
+        received += 1;
+    }
+    let rate = pipelined as f64 / started.elapsed().as_secs_f64();
+
+    println!("signin round trip through the embedded broker ({})", if full { "release" } else { "smoke run" });
+    println!("  sequential, {sequential} round trips: p50 {:.3} ms, p99 {:.3} ms", ms(percentile(&latencies, 0.50)), ms(percentile(&latencies, 0.99)));
+    println!("  pipelined, {pipelined} signins, {window} in flight: {rate:.0} replies/s");
+    for (role, pid) in children(daemon.child.id()) {
+        println!("  resident memory of {role}: {} KiB", rss_kib(pid));
+    }
+    println!("  resident memory of the supervisor: {} KiB", rss_kib(daemon.child.id()));
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
