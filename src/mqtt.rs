@@ -5,8 +5,11 @@
 //! logs state changes once (not every retry), re-subscribes after every reconnect,
 //! keeps a retained availability message (`smarthomed/<role>/availability`: "online",
 //! or "offline" by last will or on a clean stop), raises an alert when the broker has
-//! been gone too long, and hands every incoming publish to a bounded queue, so the
-//! network is never read faster than handlers can keep up.
+//! been gone too long, and hands every incoming publish to a bounded queue. The event
+//! loop is never left unpolled, since acknowledgements and replies travel through it:
+//! when the queue is full, messages wait beside it. For QoS 1 the broker's in-flight
+//! window bounds that wait (messages are acknowledged only once handled); QoS 0
+//! messages beyond [`MAX_WAITING`] are dropped and logged as overload.
 //!
 //! On shutdown the link stops handing out messages but keeps the connection until
 //! the consumer drops its queue (in-flight handlers may still publish replies), then
@@ -14,6 +17,7 @@
 //! ([`Acker`]) once taken on, so a message received but not taken on before a stop is
 //! delivered again by the broker on the next connect.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS, Transport};
@@ -29,8 +33,10 @@ use crate::config::{Config, INTERNAL_MQTT_USER, Secret};
 /// of [`INTERNAL_MQTT_USER`] on the embedded broker.
 pub const INTERNAL_PASSWORD_ENV: &str = "SMARTHOMED_INTERNAL_MQTT_PASSWORD";
 
-/// Room for requests queued by handlers while the connection is down.
-const CLIENT_QUEUE: usize = 64;
+/// Room for requests (publishes, acknowledgements) queued by handlers.
+const CLIENT_QUEUE: usize = 256;
+/// Messages that may wait beside a full incoming queue before QoS 0 ones are dropped.
+pub const MAX_WAITING: usize = 1024;
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long in-flight work may keep the connection after shutdown began.
 const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -117,9 +123,9 @@ pub struct Link {
 pub struct Acker(AsyncClient);
 
 impl Acker {
-    /// Call in the order messages were received, once each is taken on.
-    pub fn ack(&self, publish: &Publish) {
-        if let Err(err) = self.0.try_ack(publish) {
+    /// Call in the order messages were received, once each is handled.
+    pub async fn ack(&self, publish: &Publish) {
+        if let Err(err) = self.0.ack(publish).await {
             warn!(topic = publish.topic, "cannot queue acknowledgement: {err}");
         }
     }
@@ -190,19 +196,29 @@ impl Link {
     /// disconnects.
     pub async fn run(mut self, incoming: mpsc::Sender<Publish>, shutdown: CancellationToken) {
         let mut state = LinkState::default();
+        let mut waiting: VecDeque<Publish> = VecDeque::new();
         loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => break,
-                event = self.eventloop.poll() => event,
+            // Only while messages wait for room is the poll raced against that room.
+            let event = if waiting.is_empty() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    event = self.eventloop.poll() => event,
+                }
+            } else {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    room = incoming.reserve() => {
+                        let (Ok(room), Some(publish)) = (room, waiting.pop_front()) else { break };
+                        room.send(publish);
+                        continue;
+                    }
+                    event = self.eventloop.poll() => event,
+                }
             };
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => self.on_connected(&mut state).await,
+                Ok(Event::Incoming(Packet::ConnAck(_))) => self.on_connected(&mut state),
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let forwarded = tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        sent = incoming.send(publish) => sent,
-                    };
-                    if forwarded.is_err() {
+                    if !self.hand_over(publish, &incoming, &mut waiting) {
                         debug!(role = self.role, "incoming queue closed");
                         break;
                     }
@@ -216,9 +232,55 @@ impl Link {
                     }
                 }
             }
+            state.announce(&self.client, self.role, &self.subscriptions);
         }
         self.drain(&incoming).await;
         self.stop(state.connected_since.is_some()).await;
+    }
+
+    /// Queues `publish` for the consumer, or beside the queue when it is full; false
+    /// when the consumer is gone.
+    fn hand_over(&self, publish: Publish, incoming: &mpsc::Sender<Publish>, waiting: &mut VecDeque<Publish>) -> bool {
+        if !waiting.is_empty() {
+            waiting.push_back(publish);
+        } else {
+            match incoming.try_send(publish) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(publish)) => {
+                    warn!(role = self.role, "overloaded: incoming queue full, messages wait");
+                    waiting.push_back(publish);
+                }
+            }
+        }
+        if waiting.len() > MAX_WAITING {
+            if let Some(at) = waiting.iter().position(|p| p.qos == QoS::AtMostOnce) {
+                if let Some(dropped) = waiting.remove(at) {
+                    warn!(role = self.role, topic = dropped.topic, "overloaded: dropped a QoS 0 message");
+                }
+            }
+        }
+        true
+    }
+
+    fn on_connected(&mut self, state: &mut LinkState) {
+        self.reconnect.reset();
+        if let Some(lost_at) = state.lost_since.take() {
+            info!(role = self.role, after = ?lost_at.elapsed(), "reconnected to the MQTT broker");
+            if state.alerted_loss {
+                self.alerter.raise(Alert::new(
+                    self.role,
+                    "reconnected to the MQTT broker",
+                    format!("after {} s", lost_at.elapsed().as_secs()),
+                ));
+            }
+        } else {
+            info!(role = self.role, "connected to the MQTT broker");
+        }
+        state.alerted_loss = false;
+        state.connected_since = Some(Instant::now());
+        state.to_subscribe = !self.subscriptions.is_empty();
+        state.to_announce = true;
     }
 
     /// Keeps the connection going for the replies of in-flight work. Messages that
@@ -239,35 +301,6 @@ impl Link {
                     }
                 }
             }
-        }
-    }
-
-    async fn on_connected(&mut self, state: &mut LinkState) {
-        self.reconnect.reset();
-        if let Some(lost_at) = state.lost_since.take() {
-            info!(role = self.role, after = ?lost_at.elapsed(), "reconnected to the MQTT broker");
-            if state.alerted_loss {
-                self.alerter.raise(Alert::new(
-                    self.role,
-                    "reconnected to the MQTT broker",
-                    format!("after {} s", lost_at.elapsed().as_secs()),
-                ));
-            }
-        } else {
-            info!(role = self.role, "connected to the MQTT broker");
-        }
-        state.alerted_loss = false;
-        state.connected_since = Some(Instant::now());
-        for (filter, qos) in &self.subscriptions {
-            if let Err(err) = self.client.try_subscribe(filter.clone(), *qos) {
-                warn!(role = self.role, filter, "cannot queue subscription: {err}");
-            }
-        }
-        if let Err(err) = self
-            .client
-            .try_publish(availability_topic(self.role), QoS::AtLeastOnce, true, "online")
-        {
-            warn!(role = self.role, "cannot queue availability: {err}");
         }
     }
 
@@ -346,6 +379,30 @@ struct LinkState {
     connected_since: Option<Instant>,
     lost_since: Option<Instant>,
     alerted_loss: bool,
+    /// Subscriptions and the "online" message still to queue after a connect; queued
+    /// without waiting (the loop must keep polling), retried until there is room.
+    to_subscribe: bool,
+    to_announce: bool,
+}
+
+impl LinkState {
+    fn announce(&mut self, client: &AsyncClient, role: &str, subscriptions: &[(String, QoS)]) {
+        if self.to_subscribe {
+            let filters = subscriptions
+                .iter()
+                .map(|(filter, qos)| rumqttc::SubscribeFilter::new(filter.clone(), *qos));
+            match client.try_subscribe_many(filters) {
+                Ok(()) => self.to_subscribe = false,
+                Err(err) => debug!(role, "subscription not queued yet: {err}"),
+            }
+        }
+        if self.to_announce {
+            match client.try_publish(availability_topic(role), QoS::AtLeastOnce, true, "online") {
+                Ok(()) => self.to_announce = false,
+                Err(err) => debug!(role, "availability not queued yet: {err}"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::alarms;
@@ -46,8 +46,10 @@ struct Appliance<S> {
     alarm_second: (i64, usize),
 }
 
+/// Takes inputs in order until the queue closes; signals each one's sender when it
+/// has been handled.
 pub async fn run<S: DocumentStore>(
-    mut queue: mpsc::Receiver<ApplianceInput>,
+    mut queue: mpsc::Receiver<(ApplianceInput, oneshot::Sender<()>)>,
     store: S,
     client: AsyncClient,
     config: Arc<Config>,
@@ -63,7 +65,7 @@ pub async fn run<S: DocumentStore>(
         alarm_second: (0, 0),
     };
     appliance.inputs.state = appliance.load_state().await;
-    while let Some(input) = queue.recv().await {
+    while let Some((input, handled)) = queue.recv().await {
         match input {
             ApplianceInput::State(payload) => appliance.on_state(&payload).await,
             ApplianceInput::HomeTemp(payload) => {
@@ -80,6 +82,7 @@ pub async fn run<S: DocumentStore>(
             }
         }
         appliance.recommend().await;
+        let _ = handled.send(());
     }
 }
 

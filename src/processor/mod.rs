@@ -1,7 +1,9 @@
 //! The command processor child: the brain of smarthomed.
 //!
 //! Message-driven: the MQTT [`Link`] (listener) fills a bounded queue; the dispatcher
-//! acknowledges each message as it takes it on and routes it. Commands run as
+//! routes each message, and acknowledges it to the broker only once it has been
+//! handled (in arrival order, as MQTT requires), so a crash repeats a message rather
+//! than losing it. Commands run as
 //! concurrent handlers ([`commands`]), each with a timeout and at most
 //! `max_concurrent_handlers` at once, so a slow one (a face recognition) never stalls
 //! the rest; waiting for a free handler is logged and alerted as overload. Appliance
@@ -88,9 +90,11 @@ pub async fn run_with_store<S: DocumentStore>(
     ));
     let handlers = Arc::new(Handlers::new(store, client, config.clone(), context.alerter.clone()));
     let (incoming, queue) = mpsc::channel(config.processor.queue_capacity);
+    let (acks, unacked) = mpsc::channel(config.processor.queue_capacity + config.processor.max_concurrent_handlers);
+    tasks.spawn(acknowledge_in_order(unacked, acker));
     let dispatcher = Dispatcher {
         handlers,
-        acker,
+        acks,
         last_by_key: HashMap::new(),
         appliance: appliance_inputs,
         permits: Arc::new(Semaphore::new(config.processor.max_concurrent_handlers)),
@@ -103,13 +107,28 @@ pub async fn run_with_store<S: DocumentStore>(
     Ok(())
 }
 
+/// A received message and the signal that it has been handled.
+struct Unacked {
+    publish: Publish,
+    handled: oneshot::Receiver<()>,
+}
+
+/// Acknowledges messages in the order they arrived, each once it has been handled (or
+/// its handler is gone).
+async fn acknowledge_in_order(mut unacked: mpsc::Receiver<Unacked>, acker: Acker) {
+    while let Some(Unacked { publish, handled }) = unacked.recv().await {
+        let _ = handled.await;
+        acker.ack(&publish).await;
+    }
+}
+
 struct Dispatcher<S: DocumentStore> {
     handlers: Arc<Handlers<S>>,
-    acker: Acker,
+    acks: mpsc::Sender<Unacked>,
     /// Per order key, the completion of the last command dispatched with it: the next
     /// one waits for it, so commands on one subject take effect in arrival order.
     last_by_key: HashMap<String, oneshot::Receiver<()>>,
-    appliance: mpsc::Sender<ApplianceInput>,
+    appliance: mpsc::Sender<(ApplianceInput, oneshot::Sender<()>)>,
     permits: Arc<Semaphore>,
     handler_timeout: Duration,
     tasks: TaskTracker,
@@ -131,8 +150,9 @@ impl<S: DocumentStore> Dispatcher<S> {
                 break;
             }
         }
-        let Self { appliance, tasks, .. } = self;
+        let Self { appliance, acks, tasks, .. } = self;
         drop(appliance);
+        drop(acks);
         tasks.close();
         tasks.wait().await;
         drop(queue);
@@ -140,26 +160,28 @@ impl<S: DocumentStore> Dispatcher<S> {
 
     /// Routes one message; false when shutdown came first.
     async fn dispatch(&mut self, publish: Publish, shutdown: &CancellationToken) -> bool {
+        let (handled, handled_signal) = oneshot::channel();
+        let payload = publish.payload.clone();
         let input = match publish.topic.as_str() {
-            topics::APPLIANCE_STATE_TOPIC => Some(ApplianceInput::State(publish.payload.clone())),
-            topics::HOMETEMP_TOPIC => Some(ApplianceInput::HomeTemp(publish.payload.clone())),
-            topics::OPENWEATHER_TOPIC => Some(ApplianceInput::OpenWeather(publish.payload.clone())),
+            topics::APPLIANCE_STATE_TOPIC => Some(ApplianceInput::State(payload.clone())),
+            topics::HOMETEMP_TOPIC => Some(ApplianceInput::HomeTemp(payload.clone())),
+            topics::OPENWEATHER_TOPIC => Some(ApplianceInput::OpenWeather(payload.clone())),
             topic if topic.starts_with("webos/server/") || topic == "webos/server" => None,
             topic => {
                 debug!(topic, "no route for this topic");
-                self.acker.ack(&publish);
-                return true;
+                drop(handled);
+                return self.track(publish, handled_signal, shutdown).await;
             }
         };
+        if !self.track(publish, handled_signal, shutdown).await {
+            return false;
+        }
         if let Some(input) = input {
             let sent = tokio::select! {
                 () = shutdown.cancelled() => return false,
-                sent = self.appliance.send(input) => sent,
+                sent = self.appliance.send((input, handled)) => sent,
             };
-            if sent.is_ok() {
-                self.acker.ack(&publish);
-            }
-            return true;
+            return sent.is_ok();
         }
 
         let waited = Instant::now();
@@ -176,14 +198,14 @@ impl<S: DocumentStore> Dispatcher<S> {
                 format!("waited {} ms; raise processor.max_concurrent_handlers if this recurs", waited.elapsed().as_millis()),
             ));
         }
-        self.acker.ack(&publish);
         let handlers = self.handlers.clone();
-        let command = match handlers.parse(&publish.payload) {
+        let command = match handlers.parse(&payload) {
             Ok(command) => command,
             Err(rejection) => {
                 self.tasks.spawn(async move {
                     let _permit = permit;
                     handlers.refuse(rejection).await;
+                    let _ = handled.send(());
                 });
                 return true;
             }
@@ -199,8 +221,17 @@ impl<S: DocumentStore> Dispatcher<S> {
             }
             handlers.handle(command, timeout).await;
             let _ = done.send(());
+            let _ = handled.send(());
         });
         true
+    }
+
+    /// Queues the message for acknowledgement once `handled` fires.
+    async fn track(&self, publish: Publish, handled: oneshot::Receiver<()>, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            queued = self.acks.send(Unacked { publish, handled }) => queued.is_ok(),
+        }
     }
 
     fn forget_finished_keys(&mut self) {
