@@ -336,3 +336,45 @@ async fn a_processor_killed_mid_burst_loses_no_signup_and_leaves_a_readable_stor
     let users = store.list("user_account").await.expect("the store is readable after the crash");
     assert!(users.len() >= SIGNUPS);
 }
+
+#[tokio::test]
+async fn a_slow_face_recognition_blocks_nothing_and_is_cut_off_at_its_timeout() {
+    let config = "[processor]\nfacer_command = [\"sleep\", \"30\"]\nfacer_timeout_secs = 2\n";
+    let daemon = start(config).await;
+    let mut replies = listen(&daemon, "car", "webos/+/+").await;
+    let car = publisher(&daemon, "car-pub").await;
+    wait_processor(&car, &mut replies).await;
+    send(&car, "webos/server/info", r#"{"Producer":"car","command":"signup","UID":"u","name":"Quick"}"#).await;
+
+    let started = std::time::Instant::now();
+    send(&car, "webos/server/info", r#"{"Producer":"car","command":"start_facer"}"#).await;
+    send(&car, "webos/server/info", r#"{"Producer":"car","command":"signin","UID":"u"}"#).await;
+    let mut order = Vec::new();
+    let mut second_sent = false;
+    while order.len() < 3 {
+        let (topic, payload, _) = tokio::time::timeout(Duration::from_secs(15), replies.recv())
+            .await
+            .expect("replies within 15 s")
+            .unwrap();
+        let reply: Value = serde_json::from_str(&payload).unwrap();
+        match (topic.as_str(), reply["command"].as_str()) {
+            ("webos/car/info", Some("return_name")) => order.push("signin"),
+            ("webos/car/info", Some("return_facer")) => {
+                assert_eq!(reply["result"], "fail");
+                assert_eq!(reply["name"], "fail");
+                order.push("facer");
+            }
+            ("webos/car/error", Some("error")) => {
+                assert_eq!(reply["code"], "facer_busy", "{reply}");
+                order.push("busy");
+            }
+            _ => {}
+        }
+        if !second_sent && order == ["signin"] {
+            second_sent = true;
+            send(&car, "webos/server/info", r#"{"Producer":"car","command":"start_facer"}"#).await;
+        }
+    }
+    assert_eq!(order, ["signin", "busy", "facer"], "the signin waited for the recognizer");
+    assert!(started.elapsed() < Duration::from_secs(10), "the recognizer was not cut off");
+}

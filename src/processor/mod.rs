@@ -211,7 +211,10 @@ impl<S: DocumentStore> Dispatcher<S> {
             }
         };
         let (done, completion) = oneshot::channel();
-        let previous = self.last_by_key.insert(command.order_key(), completion);
+        let previous = match command.order_key() {
+            Some(key) => self.last_by_key.insert(key, completion),
+            None => None,
+        };
         self.forget_finished_keys();
         let timeout = self.handler_timeout;
         self.tasks.spawn(async move {

@@ -129,12 +129,14 @@ pub struct Command {
 
 impl Command {
     /// Commands with the same key must take effect in the order they arrived (a
-    /// signin right after its signup); commands with different keys may overlap.
-    pub fn order_key(&self) -> String {
+    /// signin right after its signup); commands with different keys, or none, may
+    /// overlap. A face recognition has none: a second one while the first runs is
+    /// refused as busy, not queued.
+    pub fn order_key(&self) -> Option<String> {
         match &self.request {
-            Request::Signup { uid, .. } | Request::Signin { uid } => format!("user/{uid}"),
-            Request::StartFacer => "facer".into(),
-            Request::Control(_) => "appliance".into(),
+            Request::Signup { uid, .. } | Request::Signin { uid } => Some(format!("user/{uid}")),
+            Request::StartFacer => None,
+            Request::Control(_) => Some("appliance".into()),
         }
     }
 }
