@@ -13,6 +13,7 @@ pub mod config;
 pub mod mqtt;
 pub mod processor;
 pub mod protocol;
+pub mod schedule;
 pub mod store;
 pub mod supervisor;
 pub mod syncer;
