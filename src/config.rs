@@ -90,6 +90,7 @@ pub struct Config {
     pub slack: SlackConfig,
     pub store: StoreConfig,
     pub processor: ProcessorConfig,
+    pub schedule: ScheduleConfig,
     pub supervisor: SupervisorConfig,
     pub secrets: SecretsConfig,
 }
@@ -252,6 +253,45 @@ impl Default for ProcessorConfig {
             facer_command: Vec::new(),
             facer_timeout_secs: 30,
             recommendation: Rules::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// IANA time zone schedules run in, e.g. "Asia/Seoul"; empty: the system's zone.
+    pub timezone: String,
+    /// A run found due up to this long after its time still runs (reported as late);
+    /// an older one is reported as missed.
+    pub grace_secs: u64,
+    /// The engine sleeps until the next due minute, but never longer than this, so a
+    /// jump of the wall clock (an NTP sync after boot) is noticed.
+    pub max_sleep_secs: u64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            timezone: String::new(),
+            grace_secs: 300,
+            max_sleep_secs: 300,
+        }
+    }
+}
+
+impl ScheduleConfig {
+    /// The configured zone, or the system's (UTC, with a warning, when unknown).
+    pub fn zone(&self) -> chrono_tz::Tz {
+        if let Ok(zone) = self.timezone.parse() {
+            return zone;
+        }
+        match iana_time_zone::get_timezone().map(|name| name.parse::<chrono_tz::Tz>()) {
+            Ok(Ok(zone)) => zone,
+            _ => {
+                tracing::warn!("cannot tell the system's time zone: schedules run in UTC; set schedule.timezone");
+                chrono_tz::Tz::UTC
+            }
         }
     }
 }
@@ -463,6 +503,15 @@ impl Config {
         }
         if processor.facer_timeout_secs == 0 {
             return Err(invalid("processor.facer_timeout_secs", "must be at least 1"));
+        }
+        if !self.schedule.timezone.is_empty() && self.schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(invalid(
+                "schedule.timezone",
+                format!("{:?} is not an IANA time zone such as \"Asia/Seoul\"", self.schedule.timezone),
+            ));
+        }
+        if self.schedule.max_sleep_secs == 0 {
+            return Err(invalid("schedule.max_sleep_secs", "must be at least 1"));
         }
         self.validate_slack()?;
         self.validate_broker()?;
@@ -683,6 +732,7 @@ mod tests {
             ("[slack]\napi_url = \"not a url\"", "slack.api_url"),
             ("[slack]\nchannel = \" \"", "slack.channel"),
             ("[broker]\nembedded = false", "mqtt.url"),
+            ("[schedule]\ntimezone = \"Mars/Olympus\"", "schedule.timezone"),
             ("[mqtt]\nurl = \"http://x\"", "mqtt.url"),
             ("[mqtt]\nurl = \"mqtt://u:p@host\"", "mqtt.url"),
             ("[broker]\nlisten = \"0.0.0.0:1883\"", "broker.listen"),

@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::app::{listen, next_json, publisher, send, wait_processor};
 use common::{Daemon, FAST_SUPERVISOR, connect, expect_message, expect_messages, subscriber, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
 use smarthomed::store::DocumentStore;
 use smarthomed::store::embedded::EmbeddedDocuments;
@@ -21,64 +21,6 @@ async fn start(extra: &str) -> Daemon {
     daemon.wait_children(&ROLES).await;
     daemon.wait_broker().await;
     daemon
-}
-
-/// A client that publishes; its event loop runs in the background.
-async fn publisher(daemon: &Daemon, id: &str) -> AsyncClient {
-    let (client, mut eventloop) = connect(daemon.mqtt_port, id, None).await.unwrap();
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    client
-}
-
-async fn send(client: &AsyncClient, topic: &str, payload: impl Into<Vec<u8>>) {
-    client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
-}
-
-type Messages = tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)>;
-
-async fn listen(daemon: &Daemon, id: &str, filter: &str) -> Messages {
-    let (client, eventloop) = connect(daemon.mqtt_port, id, None).await.unwrap();
-    subscriber(client, eventloop, filter).await
-}
-
-/// The next message on `topic`, as JSON.
-async fn next_json(messages: &mut Messages, topic: &str) -> Value {
-    let found = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some((got, payload, _)) = messages.recv().await {
-            if got == topic {
-                return serde_json::from_str(&payload).unwrap_or_else(|_| panic!("not JSON: {payload}"));
-            }
-        }
-        panic!("subscription ended");
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("nothing on {topic} within 15 s"))
-}
-
-/// Waits until the processor is subscribed: a probe signin is answered. What is
-/// published before a fresh processor's first subscription reaches no one, so the
-/// probe is repeated.
-async fn wait_processor(client: &AsyncClient, replies: &mut Messages) {
-    let probe = r#"{"Producer":"android","command":"signin","UID":"probe-no-such-user"}"#;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        send(client, "webos/server/info", probe).await;
-        let answered = tokio::time::timeout(Duration::from_millis(500), async {
-            while let Some((topic, _, _)) = replies.recv().await {
-                if topic == "webos/android/error" {
-                    return;
-                }
-            }
-        })
-        .await;
-        if answered.is_ok() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the processor never answered");
-    }
-    // Answers to repeated probes may still be on their way: let them pass.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    while replies.try_recv().is_ok() {}
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::alarms;
@@ -50,6 +50,7 @@ struct Appliance<S> {
 /// has been handled.
 pub async fn run<S: DocumentStore>(
     mut queue: mpsc::Receiver<(ApplianceInput, oneshot::Sender<()>)>,
+    current: watch::Sender<Option<State>>,
     store: S,
     client: AsyncClient,
     config: Arc<Config>,
@@ -65,9 +66,13 @@ pub async fn run<S: DocumentStore>(
         alarm_second: (0, 0),
     };
     appliance.inputs.state = appliance.load_state().await;
+    current.send_replace(appliance.inputs.state);
     while let Some((input, handled)) = queue.recv().await {
         match input {
-            ApplianceInput::State(payload) => appliance.on_state(&payload).await,
+            ApplianceInput::State(payload) => {
+                appliance.on_state(&payload).await;
+                current.send_replace(appliance.inputs.state);
+            }
             ApplianceInput::HomeTemp(payload) => {
                 if let Some(hometemp) = appliance.json(&payload, "sensor/hometemp").await {
                     appliance.inputs.raining = recommendation::rain_from_hometemp(&hometemp);

@@ -15,6 +15,7 @@ use crate::alert::{Alert, Alerter};
 use crate::config::Config;
 use crate::protocol::command::{self, Command, Rejection, Request};
 use crate::protocol::topics::{self, APPLIANCE_CONTROL_TOPIC, CAMERA_TOPIC};
+use crate::schedule::model::{MODES, SCHEDULES};
 use crate::store::{DocumentStore, StoreError};
 
 pub const USERS: &str = "user_account";
@@ -115,7 +116,81 @@ impl<S: DocumentStore> Handlers<S> {
                 info!(producer, control = %control, "control relayed to the appliance");
                 Ok(())
             }
+            Request::ScheduleList => {
+                let schedules = self.documents(SCHEDULES).await?;
+                self.reply(producer, json!({"command": "schedule_list", "schedules": schedules})).await
+            }
+            Request::ScheduleAdd(schedule) | Request::ScheduleUpdate(schedule) => {
+                let adding = matches!(command.request, Request::ScheduleAdd(_));
+                let exists = self.store.get(SCHEDULES, &schedule.title).await.map_err(|err| store_failure(&err))?.is_some();
+                match (adding, exists) {
+                    (true, true) => return Err(Rejection::new("already_exists", format!("a schedule titled {:?} exists", schedule.title))),
+                    (false, false) => return Err(Rejection::new("not_found", format!("no schedule titled {:?}", schedule.title))),
+                    _ => {}
+                }
+                let document = schedule.to_document();
+                self.store.set(SCHEDULES, &schedule.title, document.clone()).await.map_err(|err| store_failure(&err))?;
+                let done = if adding { "schedule_added" } else { "schedule_updated" };
+                info!(producer, title = schedule.title, "{done}");
+                self.reply(producer, json!({"command": done, "schedule": document})).await
+            }
+            Request::ScheduleDelete { title } => {
+                if !self.store.delete(SCHEDULES, title).await.map_err(|err| store_failure(&err))? {
+                    return Err(Rejection::new("not_found", format!("no schedule titled {title:?}")));
+                }
+                info!(producer, title, "schedule_deleted");
+                self.reply(producer, json!({"command": "schedule_deleted", "title": title})).await
+            }
+            Request::ModeList => {
+                let modes = self.documents(MODES).await?;
+                self.reply(producer, json!({"command": "mode_list", "modes": modes})).await
+            }
+            Request::ModeAdd(mode) | Request::ModeUpdate(mode) => {
+                let adding = matches!(command.request, Request::ModeAdd(_));
+                let existing = self.mode_id(mode.number).await?;
+                let id = match (adding, existing) {
+                    (true, Some(_)) => return Err(Rejection::new("already_exists", format!("mode {} exists", mode.number))),
+                    (false, None) => return Err(Rejection::new("not_found", format!("no mode {}", mode.number))),
+                    (true, None) => mode.number.to_string(),
+                    (false, Some(id)) => id,
+                };
+                let document = mode.to_document();
+                self.store.set(MODES, &id, document.clone()).await.map_err(|err| store_failure(&err))?;
+                let done = if adding { "mode_added" } else { "mode_updated" };
+                info!(producer, number = mode.number, "{done}");
+                self.reply(producer, json!({"command": done, "mode": document})).await
+            }
+            Request::ModeDelete { number } => {
+                let Some(id) = self.mode_id(*number).await? else {
+                    return Err(Rejection::new("not_found", format!("no mode {number}")));
+                };
+                self.store.delete(MODES, &id).await.map_err(|err| store_failure(&err))?;
+                info!(producer, number, "mode_deleted");
+                self.reply(producer, json!({"command": "mode_deleted", "modeNum": number})).await
+            }
         }
+    }
+
+    /// The stored documents of `collection`, as a JSON array.
+    async fn documents(&self, collection: &str) -> Result<Vec<Value>, Rejection> {
+        let documents = self.store.list(collection).await.map_err(|err| store_failure(&err))?;
+        Ok(documents.into_iter().map(|(_, document)| Value::Object(document)).collect())
+    }
+
+    /// The id of the mode document with `modeNum` = `number`.
+    async fn mode_id(&self, number: u8) -> Result<Option<String>, Rejection> {
+        let modes = self.store.list(MODES).await.map_err(|err| store_failure(&err))?;
+        Ok(modes
+            .into_iter()
+            .find(|(_, mode)| mode.get("modeNum").and_then(Value::as_u64) == Some(u64::from(number)))
+            .map(|(id, _)| id))
+    }
+
+    /// Publishes `fields` plus `"Producer":"server"` on the producer's reply topic.
+    async fn reply(&self, producer: &str, mut fields: Value) -> Result<(), Rejection> {
+        fields["Producer"] = json!("server");
+        self.publish(&topics::reply_topic(producer), fields.to_string()).await;
+        Ok(())
     }
 
     /// Signals the camera, runs the recognizer, signals the camera again, and answers

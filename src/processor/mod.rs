@@ -17,6 +17,7 @@ pub mod alarms;
 pub mod appliance;
 pub mod commands;
 pub mod recommendation;
+pub mod schedules;
 pub mod texts;
 
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Publish, QoS};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -81,13 +82,27 @@ pub async fn run_with_store<S: DocumentStore>(
 
     let tasks = TaskTracker::new();
     let (appliance_inputs, appliance_queue) = mpsc::channel(config.processor.queue_capacity);
+    let (state_tx, state_rx) = watch::channel(None);
     tasks.spawn(appliance::run(
         appliance_queue,
+        state_tx,
         store.clone(),
         client.clone(),
         config.clone(),
         context.alerter.clone(),
     ));
+    let engine = schedules::Engine {
+        store: store.clone(),
+        client: client.clone(),
+        config: config.clone(),
+        alerter: context.alerter.clone(),
+        state: state_rx,
+    };
+    {
+        let tracker = tasks.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move { engine.run(&tracker, stop).await });
+    }
     let handlers = Arc::new(Handlers::new(store, client, config.clone(), context.alerter.clone()));
     let (incoming, queue) = mpsc::channel(config.processor.queue_capacity);
     let (acks, unacked) = mpsc::channel(config.processor.queue_capacity + config.processor.max_concurrent_handlers);

@@ -10,6 +10,7 @@
 use serde_json::{Map, Value, json};
 
 use super::appliance::{Control, ParseError};
+use crate::schedule::model::{Mode, Schedule};
 
 use super::topics::{DATA_WARNING_TOPIC, error_topic};
 
@@ -23,6 +24,14 @@ pub enum Request {
     Signin { uid: String },
     StartFacer,
     Control(Control),
+    ScheduleList,
+    ScheduleAdd(Schedule),
+    ScheduleUpdate(Schedule),
+    ScheduleDelete { title: String },
+    ModeList,
+    ModeAdd(Mode),
+    ModeUpdate(Mode),
+    ModeDelete { number: u8 },
 }
 
 /// One row of the command table.
@@ -31,6 +40,8 @@ pub struct CommandSpec {
     pub producers: &'static [&'static str],
     pub parse: fn(&Map<String, Value>) -> Result<Request, Rejection>,
 }
+
+const APPS: &[&str] = &["android", "car"];
 
 pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
@@ -63,7 +74,58 @@ pub const COMMANDS: &[CommandSpec] = &[
                 .map_err(|err| Rejection::bad_control(&err))
         },
     },
+    CommandSpec { command: "schedule_list", producers: APPS, parse: |_| Ok(Request::ScheduleList) },
+    CommandSpec { command: "schedule_add", producers: APPS, parse: |fields| schedule(fields).map(Request::ScheduleAdd) },
+    CommandSpec { command: "schedule_update", producers: APPS, parse: |fields| schedule(fields).map(Request::ScheduleUpdate) },
+    CommandSpec {
+        command: "schedule_delete",
+        producers: APPS,
+        parse: |fields| {
+            let title = text_field(fields, "title")?;
+            crate::store::check_name("title", &title).map_err(|err| Rejection::new("bad_field", err.to_string()))?;
+            Ok(Request::ScheduleDelete { title })
+        },
+    },
+    CommandSpec { command: "mode_list", producers: APPS, parse: |_| Ok(Request::ModeList) },
+    CommandSpec { command: "mode_add", producers: APPS, parse: |fields| mode(fields).map(Request::ModeAdd) },
+    CommandSpec { command: "mode_update", producers: APPS, parse: |fields| mode(fields).map(Request::ModeUpdate) },
+    CommandSpec {
+        command: "mode_delete",
+        producers: APPS,
+        parse: |fields| match fields.get("modeNum").and_then(Value::as_u64) {
+            Some(number @ 1..=9) => Ok(Request::ModeDelete { number: number as u8 }),
+            Some(_) | None if fields.contains_key("modeNum") => {
+                Err(Rejection::new("bad_field", "modeNum must be an integer 1-9"))
+            }
+            _ => Err(Rejection::new("missing_field", "modeNum is missing")),
+        },
+    },
 ];
+
+/// The `schedule` key: a document in the Android app's format; its title is its id.
+fn schedule(fields: &Map<String, Value>) -> Result<Schedule, Rejection> {
+    let document = object_field(fields, "schedule")?;
+    let title = match document.get("title") {
+        Some(Value::String(title)) => title.clone(),
+        _ => return Err(Rejection::new("invalid_schedule", "schedule.title must be a string")),
+    };
+    crate::store::check_name("title", &title).map_err(|err| Rejection::new("invalid_schedule", err.to_string()))?;
+    Schedule::from_document(&title, document).map_err(|err| Rejection::new("invalid_schedule", err.to_string()))
+}
+
+/// The `mode` key: a document in the Android app's format.
+fn mode(fields: &Map<String, Value>) -> Result<Mode, Rejection> {
+    let document = object_field(fields, "mode")?;
+    Mode::from_document("(new)", document).map_err(|err| Rejection::new("invalid_mode", err.to_string()))
+}
+
+fn object_field<'a>(fields: &'a Map<String, Value>, key: &'static str) -> Result<&'a Map<String, Value>, Rejection> {
+    match fields.get(key) {
+        Some(Value::Object(document)) => Ok(document),
+        Some(other) => Err(Rejection::new("bad_field", format!("{key} must be an object, not {}", json_type(other)))),
+        None => Err(Rejection::new("missing_field", format!("{key} is missing"))),
+    }
+}
 
 /// A command that cannot be carried out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +199,14 @@ impl Command {
             Request::Signup { uid, .. } | Request::Signin { uid } => Some(format!("user/{uid}")),
             Request::StartFacer => None,
             Request::Control(_) => Some("appliance".into()),
+            Request::ScheduleList
+            | Request::ScheduleAdd(_)
+            | Request::ScheduleUpdate(_)
+            | Request::ScheduleDelete { .. }
+            | Request::ModeList
+            | Request::ModeAdd(_)
+            | Request::ModeUpdate(_)
+            | Request::ModeDelete { .. } => Some("schedules".into()),
         }
     }
 }
@@ -310,6 +380,26 @@ mod tests {
             key(r#"{"Producer":"car","command":"signin","UID":"u1"}"#),
             key(r#"{"Producer":"car","command":"signin","UID":"u2"}"#)
         );
+    }
+
+    #[test]
+    fn schedule_and_mode_edits_are_validated_like_stored_documents() {
+        let document = crate::schedule::model::tests::schedule_document("morning", "0730");
+        let add = json!({"Producer": "android", "command": "schedule_add", "schedule": document});
+        assert!(matches!(parse_text(&add.to_string()).unwrap().request, Request::ScheduleAdd(_)));
+        let mut bad = document.clone();
+        bad.insert("startTime".into(), json!("7:30"));
+        let rejected = rejection(&json!({"Producer": "android", "command": "schedule_update", "schedule": bad}).to_string());
+        assert_eq!(rejected.code, "invalid_schedule");
+        assert!(rejected.message.contains("startTime"), "{}", rejected.message);
+        assert_eq!(rejection(r#"{"Producer":"android","command":"schedule_add","schedule":"x"}"#).code, "bad_field");
+        assert_eq!(rejection(r#"{"Producer":"android","command":"schedule_delete"}"#).code, "missing_field");
+        assert_eq!(rejection(r#"{"Producer":"android","command":"mode_delete","modeNum":0}"#).code, "bad_field");
+        assert_eq!(
+            parse_text(r#"{"Producer":"car","command":"mode_delete","modeNum":3}"#).unwrap().request,
+            Request::ModeDelete { number: 3 }
+        );
+        assert_eq!(rejection(r#"{"Producer":"android","command":"mode_add","mode":{"modeName":"x"}}"#).code, "invalid_mode");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! MQTT test clients.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod mosquitto;
 pub mod slack;
 pub mod store_suite;

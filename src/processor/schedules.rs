@@ -1,0 +1,320 @@
+//! The schedule engine: runs each occurrence of each schedule exactly once.
+//!
+//! It keeps `schedule_mode` and `modes` in memory through store listeners (so edits
+//! take effect at once), sleeps until the next due minute (or an edit, or at most
+//! `schedule.max_sleep_secs`), and on waking handles every occurrence due since it
+//! last checked, in time order: it records the occurrence in the store first (so a
+//! restart never repeats it), then sends the control that brings the appliance to the
+//! target, if anything differs. Where it last checked is stored too, so runs missed
+//! while the daemon was down are caught up (within the grace period) or reported as
+//! missed. A malformed document is reported once and skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono_tz::Tz;
+use rumqttc::{AsyncClient, QoS};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::alert::{Alert, Alerter};
+use crate::config::Config;
+use crate::protocol::appliance::State;
+use crate::protocol::command::error_reply;
+use crate::protocol::topics::{APPLIANCE_CONTROL_TOPIC, DATA_ERROR_TOPIC, DATA_WARNING_TOPIC};
+use crate::schedule::model::{self, DocumentError, Mode, Schedule};
+use crate::schedule::target;
+use crate::schedule::timing::{self, Occurrence, Plan};
+use crate::store::{Document, DocumentEvent, DocumentStore, StoreError};
+
+/// Handled occurrences: per schedule title, the local date of the last one.
+const RUNS: &str = "smarthomed_schedule_runs";
+const STATE: &str = "smarthomed_state";
+const CHECKED: &str = "schedule";
+/// How far back a restart looks for missed runs.
+const MAX_LOOKBACK_DAYS: i64 = 7;
+
+pub struct Engine<S> {
+    pub store: S,
+    pub client: AsyncClient,
+    pub config: Arc<Config>,
+    pub alerter: Alerter,
+    pub state: watch::Receiver<Option<State>>,
+}
+
+struct Known {
+    schedules: HashMap<String, Schedule>,
+    /// By document id; looked up by `modeNum`.
+    modes: HashMap<String, Mode>,
+    /// Problems already reported, by (collection, id): reported again only if they change.
+    reported: HashMap<(&'static str, String), String>,
+}
+
+impl<S: DocumentStore> Engine<S> {
+    pub async fn run(self, tasks: &TaskTracker, shutdown: CancellationToken) {
+        let zone = self.config.schedule.zone();
+        let grace = Duration::seconds(self.config.schedule.grace_secs as i64);
+        let max_sleep = std::time::Duration::from_secs(self.config.schedule.max_sleep_secs);
+        let (schedule_events, mut schedule_queue) = mpsc::channel(16);
+        let (mode_events, mut mode_queue) = mpsc::channel(16);
+        for (collection, events) in [(model::SCHEDULES, schedule_events), (model::MODES, mode_events)] {
+            let store = self.store.clone();
+            let stop = shutdown.clone();
+            let alerter = self.alerter.clone();
+            tasks.spawn(async move {
+                if let Err(err) = store.watch(collection, events, stop).await {
+                    warn!(collection, "schedule listener stopped: {err}");
+                    alerter.raise(Alert::new("processor", "the schedule engine lost its store listener", err.to_string()));
+                }
+            });
+        }
+        let mut known = Known {
+            schedules: HashMap::new(),
+            modes: HashMap::new(),
+            reported: HashMap::new(),
+        };
+        // Both first snapshots, before anything is judged due.
+        let (mut have_schedules, mut have_modes) = (false, false);
+        while !(have_schedules && have_modes) {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = schedule_queue.recv(), if !have_schedules => match event {
+                    Some(event) => {
+                        have_schedules = true;
+                        self.apply_schedule_event(&mut known, event).await;
+                    }
+                    None => return,
+                },
+                event = mode_queue.recv(), if !have_modes => match event {
+                    Some(event) => {
+                        have_modes = true;
+                        self.apply_mode_event(&mut known, event).await;
+                    }
+                    None => return,
+                },
+            }
+        }
+        info!(%zone, schedules = known.schedules.len(), modes = known.modes.len(), "schedule engine running");
+
+        let mut checked = self.load_checked(grace).await;
+        loop {
+            let now = Utc::now();
+            self.handle_due(&mut known, checked, now, zone, grace).await;
+            checked = now;
+            self.save_checked(now).await;
+
+            let until_next = timing::next_after(known.schedules.values(), now, zone)
+                .and_then(|next| (next - Utc::now()).to_std().ok())
+                .unwrap_or(max_sleep)
+                .min(max_sleep);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(until_next) => {}
+                event = schedule_queue.recv() => match event {
+                    Some(event) => self.apply_schedule_event(&mut known, event).await,
+                    None => return,
+                },
+                event = mode_queue.recv() => match event {
+                    Some(event) => self.apply_mode_event(&mut known, event).await,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn handle_due(&self, known: &mut Known, from: DateTime<Utc>, now: DateTime<Utc>, zone: Tz, grace: Duration) {
+        for occurrence in timing::due_between(known.schedules.values(), from, now, zone) {
+            match self.already_handled(&occurrence).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(err) => {
+                    self.store_failed("cannot read schedule runs; not running", &err);
+                    continue;
+                }
+            }
+            if let Err(err) = self.record(&occurrence).await {
+                self.store_failed("cannot record a schedule run; not running it", &err);
+                continue;
+            }
+            let Some(schedule) = known.schedules.get(&occurrence.title).cloned() else { continue };
+            match timing::plan(&occurrence, now, grace) {
+                Plan::Run { late_by } => {
+                    if let Some(late_by) = late_by {
+                        self.report(DATA_WARNING_TOPIC, "schedule_late", format!(
+                            "schedule {} of {} at {} ran {} s late",
+                            occurrence.title, occurrence.date, occurrence.at, late_by.num_seconds()
+                        ));
+                    }
+                    self.fire(known, &schedule).await;
+                }
+                Plan::Missed { late_by } => self.report(DATA_WARNING_TOPIC, "schedule_missed", format!(
+                    "schedule {} of {} at {} was missed by {} s (more than schedule.grace_secs): not run",
+                    occurrence.title, occurrence.date, occurrence.at, late_by.num_seconds()
+                )),
+            }
+            if !schedule.repeat {
+                match self.store.delete(model::SCHEDULES, &schedule.title).await {
+                    Ok(_) => {
+                        known.schedules.remove(&schedule.title);
+                        info!(title = schedule.title, "one-off schedule done and deleted");
+                    }
+                    Err(err) => self.store_failed("cannot delete a finished one-off schedule", &err),
+                }
+            }
+        }
+    }
+
+    async fn fire(&self, known: &Known, schedule: &Schedule) {
+        let settings = if schedule.mode_num == 0 {
+            schedule.settings
+        } else {
+            match known.modes.values().find(|mode| mode.number == schedule.mode_num) {
+                Some(mode) => mode.settings,
+                None => {
+                    self.report(DATA_ERROR_TOPIC, "missing_mode", format!(
+                        "schedule {} names mode {}, which does not exist: not run",
+                        schedule.title, schedule.mode_num
+                    ));
+                    return;
+                }
+            }
+        };
+        let wanted = target::full_control(schedule.mode_num, &settings);
+        let current = *self.state.borrow();
+        match target::needed_control(&wanted, current.as_ref()) {
+            Some(control) => {
+                info!(title = schedule.title, control = %control, "schedule runs");
+                if let Err(err) = self.client.publish(APPLIANCE_CONTROL_TOPIC, QoS::AtLeastOnce, false, control.encode()).await {
+                    warn!("cannot publish the schedule's control: {err}");
+                }
+            }
+            None => info!(title = schedule.title, "schedule runs: the appliance is already as wanted"),
+        }
+    }
+
+    async fn already_handled(&self, occurrence: &Occurrence) -> Result<bool, StoreError> {
+        let record = self.store.get(RUNS, &occurrence.title).await?;
+        let last = record
+            .as_ref()
+            .and_then(|record| record.get("date"))
+            .and_then(Value::as_str)
+            .and_then(|date| NaiveDate::parse_from_str(date, "%Y-%m-%d").ok());
+        Ok(last.is_some_and(|last| last >= occurrence.date))
+    }
+
+    async fn record(&self, occurrence: &Occurrence) -> Result<(), StoreError> {
+        let record = json!({"date": occurrence.date.to_string(), "at": occurrence.at.to_rfc3339()});
+        self.store.set(RUNS, &occurrence.title, record.as_object().cloned().unwrap_or_default()).await
+    }
+
+    async fn load_checked(&self, grace: Duration) -> DateTime<Utc> {
+        let now = Utc::now();
+        let stored = match self.store.get(STATE, CHECKED).await {
+            Ok(stored) => stored,
+            Err(err) => {
+                self.store_failed("cannot read where the schedule engine stopped", &err);
+                None
+            }
+        };
+        stored
+            .as_ref()
+            .and_then(|doc| doc.get("checked_until"))
+            .and_then(Value::as_str)
+            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+            .map(|at| at.with_timezone(&Utc).max(now - Duration::days(MAX_LOOKBACK_DAYS)))
+            .unwrap_or(now - grace)
+    }
+
+    async fn save_checked(&self, at: DateTime<Utc>) {
+        let document = json!({"checked_until": at.to_rfc3339()});
+        if let Err(err) = self.store.set(STATE, CHECKED, document.as_object().cloned().unwrap_or_default()).await {
+            self.store_failed("cannot store where the schedule engine is", &err);
+        }
+    }
+
+    async fn apply_schedule_event(&self, known: &mut Known, event: DocumentEvent) {
+        match event {
+            DocumentEvent::Snapshot(documents) => {
+                known.schedules.clear();
+                for (id, document) in documents {
+                    self.accept_schedule(known, id, &document);
+                }
+            }
+            DocumentEvent::Set { id, document } => self.accept_schedule(known, id, &document),
+            DocumentEvent::Deleted { id } => {
+                known.schedules.remove(&id);
+                known.reported.remove(&(model::SCHEDULES, id));
+            }
+        }
+    }
+
+    async fn apply_mode_event(&self, known: &mut Known, event: DocumentEvent) {
+        match event {
+            DocumentEvent::Snapshot(documents) => {
+                known.modes.clear();
+                for (id, document) in documents {
+                    self.accept_mode(known, id, &document);
+                }
+            }
+            DocumentEvent::Set { id, document } => self.accept_mode(known, id, &document),
+            DocumentEvent::Deleted { id } => {
+                known.modes.remove(&id);
+                known.reported.remove(&(model::MODES, id));
+            }
+        }
+    }
+
+    fn accept_schedule(&self, known: &mut Known, id: String, document: &Document) {
+        match Schedule::from_document(&id, document) {
+            Ok(schedule) => {
+                known.reported.remove(&(model::SCHEDULES, id.clone()));
+                known.schedules.insert(id, schedule);
+            }
+            Err(err) => {
+                known.schedules.remove(&id);
+                self.report_malformed(known, model::SCHEDULES, id, &err);
+            }
+        }
+    }
+
+    fn accept_mode(&self, known: &mut Known, id: String, document: &Document) {
+        match Mode::from_document(&id, document) {
+            Ok(mode) => {
+                known.reported.remove(&(model::MODES, id.clone()));
+                known.modes.insert(id, mode);
+            }
+            Err(err) => {
+                known.modes.remove(&id);
+                self.report_malformed(known, model::MODES, id, &err);
+            }
+        }
+    }
+
+    fn report_malformed(&self, known: &mut Known, collection: &'static str, id: String, err: &DocumentError) {
+        let text = err.to_string();
+        if known.reported.get(&(collection, id.clone())) == Some(&text) {
+            return;
+        }
+        known.reported.insert((collection, id), text.clone());
+        self.report(DATA_ERROR_TOPIC, "invalid_document", format!("{text}; skipped"));
+    }
+
+    /// Logs, alerts and publishes a problem for operators.
+    fn report(&self, topic: &'static str, code: &'static str, message: String) {
+        warn!(code, "{message}");
+        self.alerter.raise(Alert::new("processor", format!("schedules: {code}"), message.clone()));
+        let payload = error_reply(code, &message, None).to_string();
+        if let Err(err) = self.client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+            warn!("cannot publish the report: {err}");
+        }
+    }
+
+    fn store_failed(&self, what: &str, err: &StoreError) {
+        warn!("{what}: {err}");
+        self.alerter.raise(Alert::new("processor", what, err.to_string()));
+    }
+}

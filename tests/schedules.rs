@@ -1,0 +1,126 @@
+//! Schedules and modes through the real binary: edited over MQTT, and a schedule for
+//! the next minute sends its control once and, being one-off, is gone afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{Timelike, Utc};
+use common::app::{listen, next_json, publisher, send, wait_processor};
+use common::{Daemon, FAST_SUPERVISOR, expect_message};
+use serde_json::json;
+
+async fn start() -> Daemon {
+    let daemon = Daemon::start("run", "", &format!("{FAST_SUPERVISOR}[schedule]\ntimezone = \"UTC\"\n"));
+    daemon.wait_children(&["broker", "processor", "syncer"]).await;
+    daemon.wait_broker().await;
+    daemon
+}
+
+fn schedule(title: &str, start: &str, date: &str) -> serde_json::Value {
+    json!({
+        "title": title, "name": "test", "repeat": false, "modeNum": 0, "enabled": true,
+        "startTime": start, "activeDate": date, "daysOfWeek": [false, false, false, false, false, false, false],
+        "airconEnable": true, "airconWindPower": 5, "lightEnable": false, "lightBrightness": 0,
+        "lightColor": 0, "lightMode": 0, "windowOpen": true, "gasValveEnable": false
+    })
+}
+
+#[tokio::test]
+async fn a_one_off_schedule_for_the_next_minute_runs_once_and_is_deleted() {
+    let daemon = start().await;
+    let mut replies = listen(&daemon, "app", "webos/android/+").await;
+    let mut appliance = listen(&daemon, "PSW_Arduino", "webos/smarthome/info").await;
+    let mut state = listen(&daemon, "state-watcher", "smarthomed/appliance/state").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+    send(&app, "data/smarthome", "000000000").await;
+    expect_message(&mut state, "smarthomed/appliance/state", "000000000").await;
+
+    // At least 15 s ahead, so the schedule is stored before its minute begins.
+    let at = (Utc::now() + chrono::Duration::seconds(75)).with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let document = schedule("test-once", &at.format("%H%M").to_string(), &at.format("%Y.%m.%d").to_string());
+    send(&app, "webos/server/info", json!({"Producer": "android", "command": "schedule_add", "schedule": document}).to_string()).await;
+    let added = next_json(&mut replies, "webos/android/info").await;
+    assert_eq!(added["command"], "schedule_added", "{added}");
+    assert_eq!(added["schedule"], document);
+
+    // Aircon on at 5 and window open; the light and the gas valve are already off.
+    let wait = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(20);
+    let control = tokio::time::timeout(wait, appliance.recv()).await.expect("no control at the scheduled minute").unwrap();
+    assert_eq!(control.1, "015200012");
+    assert!(Utc::now() >= at, "ran before its time");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), appliance.recv()).await.is_err(),
+        "the schedule ran twice"
+    );
+
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"schedule_list"}"#).await;
+    let list = next_json(&mut replies, "webos/android/info").await;
+    assert_eq!(list["command"], "schedule_list");
+    assert_eq!(list["schedules"], json!([]), "the one-off schedule is still there");
+}
+
+#[tokio::test]
+async fn schedules_and_modes_are_edited_over_mqtt() {
+    let daemon = start().await;
+    let mut replies = listen(&daemon, "app", "webos/car/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    let probe = r#"{"Producer":"car","command":"schedule_list"}"#;
+    loop {
+        send(&app, "webos/server/info", probe).await;
+        if tokio::time::timeout(Duration::from_millis(500), next_json(&mut replies, "webos/car/info")).await.is_ok() {
+            break;
+        }
+    }
+
+    let later = schedule("weekly", "0700", "2030.01.01");
+    let mut repeating = later.clone();
+    repeating["repeat"] = json!(true);
+    repeating.as_object_mut().unwrap().remove("activeDate");
+    repeating["daysOfWeek"] = json!([false, true, true, true, true, true, false]);
+    let command = |name: &str, key: &str, document: &serde_json::Value| {
+        json!({"Producer": "car", "command": name, key: document}).to_string()
+    };
+
+    send(&app, "webos/server/info", command("schedule_add", "schedule", &repeating)).await;
+    assert_eq!(next_json(&mut replies, "webos/car/info").await["command"], "schedule_added");
+    send(&app, "webos/server/info", command("schedule_add", "schedule", &repeating)).await;
+    assert_eq!(next_json(&mut replies, "webos/car/error").await["code"], "already_exists");
+
+    let mut changed = repeating.clone();
+    changed["startTime"] = json!("0715");
+    send(&app, "webos/server/info", command("schedule_update", "schedule", &changed)).await;
+    assert_eq!(next_json(&mut replies, "webos/car/info").await["schedule"]["startTime"], "0715");
+    let mut broken = changed.clone();
+    broken["startTime"] = json!("7:15");
+    send(&app, "webos/server/info", command("schedule_update", "schedule", &broken)).await;
+    let error = next_json(&mut replies, "webos/car/error").await;
+    assert_eq!(error["code"], "invalid_schedule");
+    assert!(error["message"].as_str().unwrap().contains("startTime"), "{error}");
+
+    send(&app, "webos/server/info", r#"{"Producer":"car","command":"schedule_list"}"#).await;
+    assert_eq!(next_json(&mut replies, "webos/car/info").await["schedules"], json!([changed]));
+    send(&app, "webos/server/info", r#"{"Producer":"car","command":"schedule_delete","title":"weekly"}"#).await;
+    assert_eq!(next_json(&mut replies, "webos/car/info").await["command"], "schedule_deleted");
+    send(&app, "webos/server/info", r#"{"Producer":"car","command":"schedule_delete","title":"weekly"}"#).await;
+    assert_eq!(next_json(&mut replies, "webos/car/error").await["code"], "not_found");
+
+    let mode = json!({
+        "modeName": "외출", "modeNum": 3, "airconEnable": false, "airconWindPower": 0,
+        "lightEnable": true, "lightBrightness": 7, "lightColor": 1, "lightMode": 2,
+        "windowOpen": false, "gasValveEnable": false
+    });
+    send(&app, "webos/server/info", command("mode_add", "mode", &mode)).await;
+    assert_eq!(next_json(&mut replies, "webos/car/info").await["mode"], mode);
+    let mut dimmer = mode.clone();
+    dimmer["lightBrightness"] = json!(2);
+    send(&app, "webos/server/info", command("mode_update", "mode", &dimmer)).await;
+    assert_eq!(next_json(&mut replies, "webos/car/info").await["command"], "mode_updated");
+    send(&app, "webos/server/info", r#"{"Producer":"car","command":"mode_list"}"#).await;
+    assert_eq!(next_json(&mut replies, "webos/car/info").await["modes"], json!([dimmer]));
+    send(&app, "webos/server/info", r#"{"Producer":"car","command":"mode_delete","modeNum":3}"#).await;
+    assert_eq!(next_json(&mut replies, "webos/car/info").await, json!({"command": "mode_deleted", "modeNum": 3, "Producer": "server"}));
+    send(&app, "webos/server/info", command("mode_update", "mode", &dimmer)).await;
+    assert_eq!(next_json(&mut replies, "webos/car/error").await["code"], "not_found");
+}
