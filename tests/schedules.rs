@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use chrono::{Timelike, Utc};
 use common::app::{listen, next_json, publisher, send, wait_processor};
+use common::slack::SlackServer;
 use common::{Daemon, FAST_SUPERVISOR, expect_message};
 use serde_json::json;
+use smarthomed::store::DocumentStore;
+use smarthomed::store::embedded::EmbeddedDocuments;
 
 async fn start() -> Daemon {
     let daemon = Daemon::start("run", "", &format!("{FAST_SUPERVISOR}[schedule]\ntimezone = \"UTC\"\n"));
@@ -123,4 +126,92 @@ async fn schedules_and_modes_are_edited_over_mqtt() {
     assert_eq!(next_json(&mut replies, "webos/car/info").await, json!({"command": "mode_deleted", "modeNum": 3, "Producer": "server"}));
     send(&app, "webos/server/info", command("mode_update", "mode", &dimmer)).await;
     assert_eq!(next_json(&mut replies, "webos/car/error").await["code"], "not_found");
+}
+
+/// A repeating every-day schedule starting at `at` (UTC), as the Android app writes it.
+fn daily(title: &str, at: chrono::DateTime<Utc>, mode_num: u8) -> serde_json::Map<String, serde_json::Value> {
+    let mut document = schedule(title, &at.format("%H%M").to_string(), "");
+    document["repeat"] = json!(true);
+    document["modeNum"] = json!(mode_num);
+    document["daysOfWeek"] = json!([true, true, true, true, true, true, true]);
+    document.as_object_mut().unwrap().remove("activeDate");
+    document.as_object().cloned().unwrap()
+}
+
+#[tokio::test]
+async fn runs_missed_while_down_are_caught_up_within_grace_and_reported_beyond_it() {
+    let now = Utc::now().with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedDocuments::open(&dir.path().join("data")).unwrap();
+        let put = |collection: &'static str, id: &'static str, document: serde_json::Map<String, serde_json::Value>| {
+            let store = store.clone();
+            async move { store.set(collection, id, document).await.unwrap() }
+        };
+        put("schedule_mode", "too-old", daily("too-old", now - chrono::Duration::minutes(20), 0)).await;
+        put("schedule_mode", "recent", daily("recent", now - chrono::Duration::minutes(2), 0)).await;
+        put("schedule_mode", "no-mode", daily("no-mode", now - chrono::Duration::minutes(3), 7)).await;
+        let mut broken = daily("broken", now, 0);
+        broken.insert("startTime".into(), json!("25:00"));
+        put("schedule_mode", "broken", broken).await;
+        let checked = json!({"checked_until": (now - chrono::Duration::minutes(30)).to_rfc3339()});
+        put("smarthomed_state", "schedule", checked.as_object().cloned().unwrap()).await;
+        put("smarthomed_state", "appliance", json!({"status": "000000000"}).as_object().cloned().unwrap()).await;
+    }
+    let slack = SlackServer::start().await;
+    let config = format!("{FAST_SUPERVISOR}{}[schedule]\ntimezone = \"UTC\"\ngrace_secs = 300\n", slack.config());
+    let mut daemon = Daemon::start_in(dir, "run", &config);
+    daemon.wait_children(&["broker", "processor", "syncer"]).await;
+
+    // The catch-up happens as the processor starts, before any test client could
+    // subscribe: it is observed through the alerts and the store.
+    let alerts = common::wait_for(Duration::from_secs(20), "the schedule alerts", || {
+        let texts: Vec<String> = slack.posted().into_iter().map(|posted| posted.text).collect();
+        let find = |code: &str| texts.iter().find(|text| text.contains(code)).cloned();
+        Some([find("schedule_missed")?, find("schedule_late")?, find("missing_mode")?, find("invalid_document")?])
+    })
+    .await;
+    let [missed, _late, missing_mode, invalid] = alerts;
+    assert!(missed.contains("too-old"), "{missed}");
+    assert!(missing_mode.contains("no-mode") && missing_mode.contains("mode 7"), "{missing_mode}");
+    assert!(invalid.contains("schedule_mode/broken: startTime"), "{invalid}");
+    // Alerts of one kind coalesce; the log has each report.
+    let log = daemon.log();
+    assert!(log.contains("schedule recent of") && log.contains("s late"), "{log}");
+    assert!(log.contains("control=015200012"), "the recent run sent no control:\n{log}");
+
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(slack.texts_containing("invalid_document").len(), 1, "the malformed document was reported more than once");
+    let store = EmbeddedDocuments::open(&daemon.dir.path().join("data")).unwrap();
+    let runs: Vec<String> = store.list("smarthomed_schedule_runs").await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(runs, ["no-mode", "recent", "too-old"], "every due occurrence is recorded as handled");
+}
+
+#[tokio::test]
+async fn a_run_is_not_repeated_when_the_processor_restarts_right_after_it() {
+    let daemon = start().await;
+    let mut replies = listen(&daemon, "app", "webos/android/+").await;
+    let mut appliance = listen(&daemon, "PSW_Arduino", "webos/smarthome/info").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+
+    let at = (Utc::now() + chrono::Duration::seconds(75)).with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let document = serde_json::Value::Object(daily("every-day", at, 0));
+    send(&app, "webos/server/info", json!({"Producer": "android", "command": "schedule_add", "schedule": document}).to_string()).await;
+    assert_eq!(next_json(&mut replies, "webos/android/info").await["command"], "schedule_added");
+    let wait = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(20);
+    tokio::time::timeout(wait, appliance.recv()).await.expect("no control at the scheduled minute");
+
+    let processor = daemon.children()["processor"];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(processor as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    common::wait_for(Duration::from_secs(15), "a new processor", || {
+        daemon.children().get("processor").copied().filter(|pid| *pid != processor)
+    })
+    .await;
+    wait_processor(&app, &mut replies).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), appliance.recv()).await.is_err(),
+        "the run was repeated after the restart"
+    );
 }

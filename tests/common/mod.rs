@@ -97,7 +97,25 @@ impl Daemon {
         Self::start_full(subcommand, (mqtt_port, ws_port), broker_table, extra, env, &[])
     }
 
+    /// As [`Daemon::start`] in `dir`, whose `data/` a test may have filled already.
+    pub fn start_in(dir: TempDir, subcommand: &str, extra: &str) -> Self {
+        Self::start_full_in(dir, subcommand, (free_port(), free_port()), "", extra, &[], &[])
+    }
+
     fn start_full(
+        subcommand: &str,
+        ports: (u16, u16),
+        broker_table: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+        keys: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_full_in(dir, subcommand, ports, broker_table, extra, env, keys)
+    }
+
+    fn start_full_in(
+        dir: TempDir,
         subcommand: &str,
         (mqtt_port, ws_port): (u16, u16),
         broker_table: &str,
@@ -105,7 +123,6 @@ impl Daemon {
         env: &[(&str, &str)],
         keys: &[(&str, &str)],
     ) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
         if !keys.is_empty() {
             std::fs::create_dir(dir.path().join("keys")).expect("keys dir");
             for (name, value) in keys {
