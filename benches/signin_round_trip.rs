@@ -7,51 +7,15 @@
 //! `cargo bench --bench signin_round_trip`; under `cargo test` it runs a short smoke
 //! pass, so the benchmark keeps working.
 
-use std::process::{Child, Command, Stdio};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::Daemon;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_smarthomed");
 const SIGNIN: &str = r#"{"Producer":"android","command":"signin","UID":"bench-user"}"#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Daemon {
-    child: Child,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = format!(
-        "[broker]\nlisten = \"127.0.0.1:{port}\"\nws_listen = \"127.0.0.1:{}\"\n[store]\ndir = \"{}\"\n",
-        free_port(),
-        dir.path().join("data").display()
-    );
-    std::fs::write(dir.path().join("smarthomed.toml"), config).unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(dir.path().join("smarthomed.toml"))
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Daemon { child, _dir: dir, port }
-}
 
 async fn client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -102,29 +66,13 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn children(parent: u32) -> Vec<(String, u32)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let role = cmdline.split(|&b| b == 0).nth(1).map(|r| String::from_utf8_lossy(r).into_owned()).unwrap_or_default();
-            found.push((role, pid));
-        }
-    }
-    found.sort();
-    found
-}
-
 #[tokio::main]
 async fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let (sequential, pipelined, window) = if full { (5_000, 50_000, 200) } else { (50, 200, 20) };
 
-    let daemon = start();
-    let (app, mut eventloop) = client(daemon.port, "bench-app").await;
+    let daemon = Daemon::start_with_env("run", "", "", &[("RUST_LOG", "warn")]);
+    let (app, mut eventloop) = client(daemon.mqtt_port, "bench-app").await;
     app.subscribe("webos/android/+", QoS::AtLeastOnce).await.unwrap();
     let signup = r#"{"Producer":"android","command":"signup","UID":"bench-user","name":"Bench"}"#;
     // The first answered signin shows the processor is subscribed and the user stored;
@@ -167,10 +115,12 @@ async fn main() {
     println!("signin round trip through the embedded broker ({})", if full { "release" } else { "smoke run" });
     println!("  sequential, {sequential} round trips: p50 {:.3} ms, p99 {:.3} ms", ms(percentile(&latencies, 0.50)), ms(percentile(&latencies, 0.99)));
     println!("  pipelined, {pipelined} signins, {window} in flight: {rate:.0} replies/s");
-    for (role, pid) in children(daemon.child.id()) {
+    let mut children: Vec<_> = daemon.children().into_iter().collect();
+    children.sort();
+    for (role, pid) in children {
         println!("  resident memory of {role}: {} KiB", rss_kib(pid));
     }
-    println!("  resident memory of the supervisor: {} KiB", rss_kib(daemon.child.id()));
+    println!("  resident memory of the supervisor: {} KiB", rss_kib(daemon.pid()));
 }
 
 fn ms(duration: Duration) -> f64 {

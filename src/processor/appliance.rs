@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::protocol::appliance::{self, Change, State};
 use crate::protocol::command::error_reply;
 use crate::protocol::topics::{CURRENT_STATE_TOPIC, DATA_ERROR_TOPIC, RECOMMENDATION_TOPIC};
+use crate::schedule::model;
 use crate::store::{DocumentStore, StoreError};
 
 /// Where the processor keeps what it must remember across restarts.
@@ -173,12 +174,8 @@ impl<S: DocumentStore> Appliance<S> {
 
     /// The `modeName` of the mode with `modeNum` = `number`.
     async fn mode_name(&self, number: u8) -> Result<String, StoreError> {
-        let modes = self.store.list("modes").await?;
-        let name = modes.iter().find_map(|(_, mode)| {
-            (mode.get("modeNum").and_then(Value::as_u64) == Some(u64::from(number)))
-                .then(|| mode.get("modeName").and_then(Value::as_str).map(str::to_owned))
-                .flatten()
-        });
+        let found = model::find_mode(self.store.list(model::MODES).await?, number);
+        let name = found.and_then(|(_, mode)| mode.get("modeName").and_then(Value::as_str).map(str::to_owned));
         Ok(name.unwrap_or_else(|| {
             warn!(number, "no mode document has this modeNum");
             texts::unnamed_mode(self.config.processor.language, number)

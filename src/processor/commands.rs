@@ -15,7 +15,7 @@ use crate::alert::{Alert, Alerter};
 use crate::config::Config;
 use crate::protocol::command::{self, Command, Rejection, Request};
 use crate::protocol::topics::{self, APPLIANCE_CONTROL_TOPIC, CAMERA_TOPIC};
-use crate::schedule::model::{MODES, SCHEDULES};
+use crate::schedule::model::{MODES, SCHEDULES, find_mode};
 use crate::store::{DocumentStore, StoreError};
 
 pub const USERS: &str = "user_account";
@@ -180,10 +180,7 @@ impl<S: DocumentStore> Handlers<S> {
     /// The id of the mode document with `modeNum` = `number`.
     async fn mode_id(&self, number: u8) -> Result<Option<String>, Rejection> {
         let modes = self.store.list(MODES).await.map_err(|err| store_failure(&err))?;
-        Ok(modes
-            .into_iter()
-            .find(|(_, mode)| mode.get("modeNum").and_then(Value::as_u64) == Some(u64::from(number)))
-            .map(|(id, _)| id))
+        Ok(find_mode(modes, number).map(|(id, _)| id))
     }
 
     /// Publishes `fields` plus `"Producer":"server"` on the producer's reply topic.

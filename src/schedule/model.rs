@@ -206,6 +206,14 @@ impl Schedule {
     }
 }
 
+/// The mode document with `modeNum` = `number` among `modes`, as (id, document). The
+/// app picks mode document ids freely; modes are found by number.
+pub fn find_mode(modes: Vec<(String, Document)>, number: u8) -> Option<(String, Document)> {
+    modes
+        .into_iter()
+        .find(|(_, mode)| mode.get("modeNum").and_then(Value::as_u64) == Some(u64::from(number)))
+}
+
 impl Mode {
     pub fn from_document(id: &str, document: &Document) -> Result<Self, DocumentError> {
         let r = Reader { collection: MODES, id, document };
