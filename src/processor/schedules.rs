@@ -46,12 +46,61 @@ pub struct Engine<S> {
     pub state: watch::Receiver<Option<State>>,
 }
 
+/// The readable documents of one collection, kept current from its listener.
+struct Catalog<T> {
+    read: fn(&str, &Document) -> Result<T, DocumentError>,
+    items: HashMap<String, T>,
+    /// Problems already reported, by id: reported again only if they change.
+    reported: HashMap<String, String>,
+}
+
+impl<T> Catalog<T> {
+    fn new(read: fn(&str, &Document) -> Result<T, DocumentError>) -> Self {
+        Self {
+            read,
+            items: HashMap::new(),
+            reported: HashMap::new(),
+        }
+    }
+
+    /// Applies a listener event; returns the problems not reported before.
+    fn apply(&mut self, event: DocumentEvent) -> Vec<DocumentError> {
+        let mut new_problems = Vec::new();
+        let mut accept = |catalog: &mut Self, id: String, document: &Document| match (catalog.read)(&id, document) {
+            Ok(item) => {
+                catalog.reported.remove(&id);
+                catalog.items.insert(id, item);
+            }
+            Err(err) => {
+                catalog.items.remove(&id);
+                let text = err.to_string();
+                if catalog.reported.get(&id) != Some(&text) {
+                    catalog.reported.insert(id, text);
+                    new_problems.push(err);
+                }
+            }
+        };
+        match event {
+            DocumentEvent::Snapshot(documents) => {
+                self.items.clear();
+                for (id, document) in documents {
+                    accept(self, id, &document);
+                }
+            }
+            DocumentEvent::Set { id, document } => accept(self, id, &document),
+            DocumentEvent::Deleted { id } => {
+                self.items.remove(&id);
+                self.reported.remove(&id);
+            }
+        }
+        new_problems
+    }
+}
+
 struct Known {
-    schedules: HashMap<String, Schedule>,
+    schedules: Catalog<Schedule>,
     /// By document id; looked up by `modeNum`.
-    modes: HashMap<String, Mode>,
-    /// Problems already reported, by (collection, id): reported again only if they change.
-    reported: HashMap<(&'static str, String), String>,
+    modes: Catalog<Mode>,
 }
 
 impl<S: DocumentStore> Engine<S> {
@@ -73,9 +122,8 @@ impl<S: DocumentStore> Engine<S> {
             });
         }
         let mut known = Known {
-            schedules: HashMap::new(),
-            modes: HashMap::new(),
-            reported: HashMap::new(),
+            schedules: Catalog::new(Schedule::from_document),
+            modes: Catalog::new(Mode::from_document),
         };
         // Both first snapshots, before anything is judged due.
         let (mut have_schedules, mut have_modes) = (false, false);
@@ -85,20 +133,20 @@ impl<S: DocumentStore> Engine<S> {
                 event = schedule_queue.recv(), if !have_schedules => match event {
                     Some(event) => {
                         have_schedules = true;
-                        self.apply_schedule_event(&mut known, event).await;
+                        self.apply(&mut known.schedules, event);
                     }
                     None => return,
                 },
                 event = mode_queue.recv(), if !have_modes => match event {
                     Some(event) => {
                         have_modes = true;
-                        self.apply_mode_event(&mut known, event).await;
+                        self.apply(&mut known.modes, event);
                     }
                     None => return,
                 },
             }
         }
-        info!(%zone, schedules = known.schedules.len(), modes = known.modes.len(), "schedule engine running");
+        info!(%zone, schedules = known.schedules.items.len(), modes = known.modes.items.len(), "schedule engine running");
 
         let mut checked = self.load_checked(grace).await;
         loop {
@@ -107,7 +155,7 @@ impl<S: DocumentStore> Engine<S> {
             checked = now;
             self.save_checked(now).await;
 
-            let until_next = timing::next_after(known.schedules.values(), now, zone)
+            let until_next = timing::next_after(known.schedules.items.values(), now, zone)
                 .and_then(|next| (next - Utc::now()).to_std().ok())
                 .unwrap_or(max_sleep)
                 .min(max_sleep);
@@ -115,11 +163,11 @@ impl<S: DocumentStore> Engine<S> {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(until_next) => {}
                 event = schedule_queue.recv() => match event {
-                    Some(event) => self.apply_schedule_event(&mut known, event).await,
+                    Some(event) => self.apply(&mut known.schedules, event),
                     None => return,
                 },
                 event = mode_queue.recv() => match event {
-                    Some(event) => self.apply_mode_event(&mut known, event).await,
+                    Some(event) => self.apply(&mut known.modes, event),
                     None => return,
                 },
             }
@@ -127,7 +175,7 @@ impl<S: DocumentStore> Engine<S> {
     }
 
     async fn handle_due(&self, known: &mut Known, from: DateTime<Utc>, now: DateTime<Utc>, zone: Tz, grace: Duration) {
-        for occurrence in timing::due_between(known.schedules.values(), from, now, zone) {
+        for occurrence in timing::due_between(known.schedules.items.values(), from, now, zone) {
             match self.already_handled(&occurrence).await {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -140,7 +188,7 @@ impl<S: DocumentStore> Engine<S> {
                 self.store_failed("cannot record a schedule run; not running it", &err);
                 continue;
             }
-            let Some(schedule) = known.schedules.get(&occurrence.title).cloned() else { continue };
+            let Some(schedule) = known.schedules.items.get(&occurrence.title).cloned() else { continue };
             match timing::plan(&occurrence, now, grace) {
                 Plan::Run { late_by } => {
                     if let Some(late_by) = late_by {
@@ -159,7 +207,7 @@ impl<S: DocumentStore> Engine<S> {
             if !schedule.repeat {
                 match self.store.delete(model::SCHEDULES, &schedule.title).await {
                     Ok(_) => {
-                        known.schedules.remove(&schedule.title);
+                        known.schedules.items.remove(&schedule.title);
                         info!(title = schedule.title, "one-off schedule done and deleted");
                     }
                     Err(err) => self.store_failed("cannot delete a finished one-off schedule", &err),
@@ -172,7 +220,7 @@ impl<S: DocumentStore> Engine<S> {
         let settings = if schedule.mode_num == 0 {
             schedule.settings
         } else {
-            match known.modes.values().find(|mode| mode.number == schedule.mode_num) {
+            match known.modes.items.values().find(|mode| mode.number == schedule.mode_num) {
                 Some(mode) => mode.settings,
                 None => {
                     self.report(DATA_ERROR_TOPIC, "missing_mode", format!(
@@ -236,71 +284,11 @@ impl<S: DocumentStore> Engine<S> {
         }
     }
 
-    async fn apply_schedule_event(&self, known: &mut Known, event: DocumentEvent) {
-        match event {
-            DocumentEvent::Snapshot(documents) => {
-                known.schedules.clear();
-                for (id, document) in documents {
-                    self.accept_schedule(known, id, &document);
-                }
-            }
-            DocumentEvent::Set { id, document } => self.accept_schedule(known, id, &document),
-            DocumentEvent::Deleted { id } => {
-                known.schedules.remove(&id);
-                known.reported.remove(&(model::SCHEDULES, id));
-            }
+    /// Applies a listener event to `catalog`, reporting documents it cannot read.
+    fn apply<T>(&self, catalog: &mut Catalog<T>, event: DocumentEvent) {
+        for problem in catalog.apply(event) {
+            self.report(DATA_ERROR_TOPIC, "invalid_document", format!("{problem}; skipped"));
         }
-    }
-
-    async fn apply_mode_event(&self, known: &mut Known, event: DocumentEvent) {
-        match event {
-            DocumentEvent::Snapshot(documents) => {
-                known.modes.clear();
-                for (id, document) in documents {
-                    self.accept_mode(known, id, &document);
-                }
-            }
-            DocumentEvent::Set { id, document } => self.accept_mode(known, id, &document),
-            DocumentEvent::Deleted { id } => {
-                known.modes.remove(&id);
-                known.reported.remove(&(model::MODES, id));
-            }
-        }
-    }
-
-    fn accept_schedule(&self, known: &mut Known, id: String, document: &Document) {
-        match Schedule::from_document(&id, document) {
-            Ok(schedule) => {
-                known.reported.remove(&(model::SCHEDULES, id.clone()));
-                known.schedules.insert(id, schedule);
-            }
-            Err(err) => {
-                known.schedules.remove(&id);
-                self.report_malformed(known, model::SCHEDULES, id, &err);
-            }
-        }
-    }
-
-    fn accept_mode(&self, known: &mut Known, id: String, document: &Document) {
-        match Mode::from_document(&id, document) {
-            Ok(mode) => {
-                known.reported.remove(&(model::MODES, id.clone()));
-                known.modes.insert(id, mode);
-            }
-            Err(err) => {
-                known.modes.remove(&id);
-                self.report_malformed(known, model::MODES, id, &err);
-            }
-        }
-    }
-
-    fn report_malformed(&self, known: &mut Known, collection: &'static str, id: String, err: &DocumentError) {
-        let text = err.to_string();
-        if known.reported.get(&(collection, id.clone())) == Some(&text) {
-            return;
-        }
-        known.reported.insert((collection, id), text.clone());
-        self.report(DATA_ERROR_TOPIC, "invalid_document", format!("{text}; skipped"));
     }
 
     /// Logs, alerts and publishes a problem for operators.
@@ -316,5 +304,34 @@ impl<S: DocumentStore> Engine<S> {
     fn store_failed(&self, what: &str, err: &StoreError) {
         warn!("{what}: {err}");
         self.alerter.raise(Alert::new("processor", what, err.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::model::tests::schedule_document;
+
+    #[test]
+    fn a_malformed_document_is_reported_once_until_its_problem_changes() {
+        let mut catalog = Catalog::new(Schedule::from_document);
+        let good = schedule_document("a", "0700");
+        let mut bad = schedule_document("b", "0700");
+        bad.insert("startTime".into(), json!("x"));
+        let problems = catalog.apply(DocumentEvent::Snapshot(vec![("a".into(), good), ("b".into(), bad.clone())]));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "startTime");
+        assert_eq!(catalog.items.len(), 1);
+
+        assert!(catalog.apply(DocumentEvent::Set { id: "b".into(), document: bad.clone() }).is_empty());
+        assert!(catalog.apply(DocumentEvent::Snapshot(vec![("b".into(), bad.clone())])).is_empty());
+        bad.insert("enabled".into(), json!("yes"));
+        bad.insert("startTime".into(), json!("0700"));
+        assert_eq!(catalog.apply(DocumentEvent::Set { id: "b".into(), document: bad.clone() })[0].field, "enabled");
+
+        catalog.apply(DocumentEvent::Deleted { id: "b".into() });
+        assert_eq!(catalog.apply(DocumentEvent::Set { id: "b".into(), document: bad }).len(), 1, "reported again after a delete");
+        catalog.apply(DocumentEvent::Set { id: "b".into(), document: schedule_document("b", "0800") });
+        assert_eq!(catalog.items.len(), 1, "b fixed, a gone with the snapshot");
     }
 }
