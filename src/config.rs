@@ -91,6 +91,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub processor: ProcessorConfig,
     pub schedule: ScheduleConfig,
+    pub weather: WeatherConfig,
     pub supervisor: SupervisorConfig,
     pub secrets: SecretsConfig,
 }
@@ -259,6 +260,42 @@ impl Default for ProcessorConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct WeatherConfig {
+    /// OpenWeatherMap API key; empty: the weather is off.
+    pub api_key: Secret,
+    /// Where, by name, unless `lat` and `lon` are given.
+    pub city: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lon: Option<f64>,
+    /// Language of the description ("kr" as the old system).
+    pub lang: String,
+    pub interval_secs: u64,
+    pub api_url: String,
+    pub timeout_secs: u64,
+    /// After a failure, the next try comes after this, doubling up to `interval_secs`.
+    pub retry_initial_ms: u64,
+}
+
+impl Default for WeatherConfig {
+    fn default() -> Self {
+        Self {
+            api_key: Secret::default(),
+            city: "Seoul".into(),
+            lat: None,
+            lon: None,
+            lang: "kr".into(),
+            interval_secs: 900,
+            api_url: "https://api.openweathermap.org".into(),
+            timeout_secs: 10,
+            retry_initial_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
     /// IANA time zone schedules run in, e.g. "Asia/Seoul"; empty: the system's zone.
     pub timezone: String,
@@ -367,9 +404,10 @@ impl Default for SecretsConfig {
 
 /// Where each secret may come from besides the config file: (file name under
 /// `keys_dir` and `$CREDENTIALS_DIRECTORY`, environment variable).
-pub const SECRET_SOURCES: [(&str, &str); 2] = [
+pub const SECRET_SOURCES: [(&str, &str); 3] = [
     ("slack_token", "SMARTHOMED_SLACK_TOKEN"),
     ("mqtt_password", "SMARTHOMED_MQTT_PASSWORD"),
+    ("weather_api_key", "SMARTHOMED_WEATHER_API_KEY"),
 ];
 
 /// The parts of the process environment that secrets may come from, passed in
@@ -452,6 +490,7 @@ impl Config {
         match name {
             "slack_token" => &mut self.slack.token,
             "mqtt_password" => &mut self.mqtt.password,
+            "weather_api_key" => &mut self.weather.api_key,
             other => unreachable!("SECRET_SOURCES names unknown secret {other}"),
         }
     }
@@ -513,9 +552,42 @@ impl Config {
         if self.schedule.max_sleep_secs == 0 {
             return Err(invalid("schedule.max_sleep_secs", "must be at least 1"));
         }
+        self.validate_weather()?;
         self.validate_slack()?;
         self.validate_broker()?;
         self.validate_mqtt_url()
+    }
+
+    fn validate_weather(&self) -> Result<(), ConfigError> {
+        let weather = &self.weather;
+        match (weather.lat, weather.lon) {
+            (Some(lat), Some(lon)) => {
+                if !(-90.0..=90.0).contains(&lat) {
+                    return Err(invalid("weather.lat", "must be between -90 and 90"));
+                }
+                if !(-180.0..=180.0).contains(&lon) {
+                    return Err(invalid("weather.lon", "must be between -180 and 180"));
+                }
+            }
+            (None, None) if weather.city.trim().is_empty() => {
+                return Err(invalid("weather.city", "must name a city unless weather.lat and weather.lon are set"));
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(invalid("weather.lon", "is needed with weather.lat")),
+            (None, Some(_)) => return Err(invalid("weather.lat", "is needed with weather.lon")),
+        }
+        if weather.interval_secs < 60 {
+            return Err(invalid("weather.interval_secs", "must be at least 60 (OpenWeatherMap updates every 10 minutes)"));
+        }
+        if weather.timeout_secs == 0 || weather.retry_initial_ms == 0 {
+            return Err(invalid("weather.timeout_secs", "timeouts and retry delays must be at least 1"));
+        }
+        let url = url::Url::parse(&weather.api_url)
+            .map_err(|err| invalid("weather.api_url", format!("not a URL: {err}")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(invalid("weather.api_url", "must be an https:// (or http://) URL"));
+        }
+        Ok(())
     }
 
     fn validate_slack(&self) -> Result<(), ConfigError> {
@@ -733,6 +805,10 @@ mod tests {
             ("[slack]\nchannel = \" \"", "slack.channel"),
             ("[broker]\nembedded = false", "mqtt.url"),
             ("[schedule]\ntimezone = \"Mars/Olympus\"", "schedule.timezone"),
+            ("[weather]\nlat = 37.5", "weather.lon"),
+            ("[weather]\nlat = 137.5\nlon = 1.0", "weather.lat"),
+            ("[weather]\ninterval_secs = 5", "weather.interval_secs"),
+            ("[weather]\napi_url = \"ftp://x\"", "weather.api_url"),
             ("[mqtt]\nurl = \"http://x\"", "mqtt.url"),
             ("[mqtt]\nurl = \"mqtt://u:p@host\"", "mqtt.url"),
             ("[broker]\nlisten = \"0.0.0.0:1883\"", "broker.listen"),

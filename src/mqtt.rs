@@ -354,26 +354,6 @@ impl Link {
     }
 }
 
-/// Drives `link` for a process whose handlers are not written yet: it stays connected
-/// and announces itself, and anything it receives is logged and dropped.
-pub async fn run_without_handlers(link: Link, shutdown: CancellationToken) {
-    let role = link.role;
-    let (incoming, mut queue) = mpsc::channel::<Publish>(CLIENT_QUEUE);
-    let stop = shutdown.clone();
-    let drain = async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                publish = queue.recv() => match publish {
-                    Some(publish) => debug!(role, topic = publish.topic, "no handler for this message"),
-                    None => return,
-                },
-            }
-        }
-    };
-    tokio::join!(link.run(incoming, shutdown), drain);
-}
-
 #[derive(Default)]
 struct LinkState {
     connected_since: Option<Instant>,

@@ -135,7 +135,7 @@ fn the_unit_matches_the_daemon_defaults() {
     );
     let stop_secs: u64 = setting("TimeoutStopSec").trim_end_matches('s').parse().unwrap();
     assert!(stop_secs > 3 * defaults.stop_timeout_secs, "children stop one after another");
-    for credential in ["slack_token", "mqtt_password"] {
+    for credential in ["slack_token", "mqtt_password", "weather_api_key"] {
         assert!(UNIT.contains(&format!("LoadCredential={credential}:")));
     }
 }

@@ -1,25 +1,217 @@
-//! The syncer child: the only process that talks to the Firebase Realtime Database
-//! and the weather service, bridging them to the processor over MQTT.
+//! The syncer child: the only process that talks to the realtime tree (the Firebase
+//! Realtime Database, or the embedded tree) and to the weather service, bridging them
+//! to the processor over MQTT.
 //!
-//! As the process model stands it holds its MQTT link and logs its state changes;
-//! the database and weather sync arrive with the Firebase issue on top of this link.
+//! - Tree to MQTT: `smarthome/status` (the appliance's state, written there by the
+//!   ESP32) goes to `data/smarthome`; `sensor/hometemp` and `sensor/openweather` go to
+//!   `smarthomed/sensor/...`; all retained, so a restarted processor has them at once.
+//! - MQTT to tree: the processor's recommendation (`smarthomed/recommendation`) is
+//!   written to `server/notification`, only when it differs from what is there.
+//! - Weather: fetched every `weather.interval_secs` into `sensor/openweather`
+//!   ([`weather`]); failures back off and alert once per outage.
 
+pub mod weather;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
+use crate::alert::{Alert, Alerter};
+use crate::backoff::Backoff;
 use crate::child_context::ChildContext;
+use crate::config::Config;
 use crate::mqtt::{self, Link, MqttError};
+use crate::protocol::command::error_reply;
+use crate::protocol::topics::{APPLIANCE_STATE_TOPIC, DATA_ERROR_TOPIC, HOMETEMP_TOPIC, OPENWEATHER_TOPIC, RECOMMENDATION_TOPIC};
+use crate::store::embedded::EmbeddedTree;
+use crate::store::{RealtimeTree, StoreError, TreeEvent};
 
 pub const ROLE: &str = "syncer";
+const NOTIFICATION_PATH: &str = "server/notification";
+const OPENWEATHER_PATH: &str = "sensor/openweather";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncerError {
     #[error(transparent)]
     Mqtt(#[from] MqttError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Weather(#[from] weather::WeatherError),
 }
 
+/// Runs the syncer on the embedded tree.
 pub async fn run(context: ChildContext, shutdown: CancellationToken) -> Result<(), SyncerError> {
-    let options = mqtt::client_options(&context.config, ROLE, context.internal_password.as_ref())?;
-    let link = Link::new(ROLE, options, &context.config, context.alerter.clone());
-    mqtt::run_without_handlers(link, shutdown).await;
+    let tree = EmbeddedTree::open(&context.config.store.dir)?;
+    run_with_tree(context, tree, shutdown).await
+}
+
+pub async fn run_with_tree<T: RealtimeTree>(
+    context: ChildContext,
+    tree: T,
+    shutdown: CancellationToken,
+) -> Result<(), SyncerError> {
+    let config = context.config.clone();
+    let options = mqtt::client_options(&config, ROLE, context.internal_password.as_ref())?;
+    let mut link = Link::new(ROLE, options, &config, context.alerter.clone());
+    link.subscribe(RECOMMENDATION_TOPIC, QoS::AtLeastOnce);
+    let client = link.client();
+
+    let tasks = TaskTracker::new();
+    for (path, topic) in [
+        ("smarthome/status", APPLIANCE_STATE_TOPIC),
+        ("sensor/hometemp", HOMETEMP_TOPIC),
+        (OPENWEATHER_PATH, OPENWEATHER_TOPIC),
+    ] {
+        tasks.spawn(mirror(tree.clone(), path, topic, client.clone(), context.alerter.clone(), shutdown.clone()));
+    }
+    if config.weather.api_key.is_empty() {
+        info!("no weather.api_key: the weather is off");
+    } else {
+        let client = weather::Client::new(&config.weather)?;
+        tasks.spawn(keep_weather(client, tree.clone(), config.clone(), context.alerter.clone(), shutdown.clone()));
+    }
+    tasks.close();
+
+    let (incoming, mut queue) = mpsc::channel::<rumqttc::Publish>(16);
+    let notifications = async {
+        loop {
+            let publish = tokio::select! {
+                () = shutdown.cancelled() => break,
+                publish = queue.recv() => match publish {
+                    Some(publish) => publish,
+                    None => break,
+                },
+            };
+            if publish.topic == RECOMMENDATION_TOPIC {
+                let text = String::from_utf8_lossy(&publish.payload).into_owned();
+                write_notification(&tree, &text, &context.alerter).await;
+            }
+        }
+        drop(queue);
+    };
+    tokio::join!(link.run(incoming, shutdown.clone()), notifications);
+    tasks.wait().await;
     Ok(())
+}
+
+/// Writes the recommendation to `server/notification` when it differs.
+async fn write_notification<T: RealtimeTree>(tree: &T, text: &str, alerter: &Alerter) {
+    if text.is_empty() {
+        return;
+    }
+    let result = async {
+        if tree.get(NOTIFICATION_PATH).await?.as_ref().and_then(Value::as_str) == Some(text) {
+            return Ok(false);
+        }
+        tree.set(NOTIFICATION_PATH, Value::String(text.to_owned())).await.map(|()| true)
+    }
+    .await;
+    match result {
+        Ok(true) => info!(notification = text, "notification written"),
+        Ok(false) => {}
+        Err(err) => {
+            warn!("cannot write the notification: {err}");
+            alerter.raise(Alert::new(ROLE, "cannot write the notification", err.to_string()));
+        }
+    }
+}
+
+/// Publishes the value at `path` (retained) on `topic` whenever it changes.
+async fn mirror<T: RealtimeTree>(
+    tree: T,
+    path: &'static str,
+    topic: &'static str,
+    client: AsyncClient,
+    alerter: Alerter,
+    shutdown: CancellationToken,
+) {
+    let (events, mut queue) = mpsc::channel(8);
+    let publish = async {
+        let mut published = false;
+        while let Some(TreeEvent { value }) = queue.recv().await {
+            let payload = match value {
+                Some(Value::String(text)) if topic == APPLIANCE_STATE_TOPIC => text,
+                Some(value @ Value::Object(_)) if topic != APPLIANCE_STATE_TOPIC => value.to_string(),
+                None if published => String::new(),
+                None => continue,
+                Some(other) => {
+                    let message = format!("{path} holds {other}, which is not what it should be");
+                    warn!("{message}");
+                    let reply = error_reply("bad_tree_data", &message, None).to_string();
+                    if let Err(err) = client.publish(DATA_ERROR_TOPIC, QoS::AtLeastOnce, false, reply).await {
+                        warn!("cannot publish: {err}");
+                    }
+                    continue;
+                }
+            };
+            published = !payload.is_empty();
+            if let Err(err) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
+                warn!(topic, "cannot publish: {err}");
+            }
+        }
+    };
+    let (watched, ()) = tokio::join!(tree.watch(path, events, shutdown), publish);
+    if let Err(err) = watched {
+        warn!(path, "tree listener stopped: {err}");
+        alerter.raise(Alert::new(ROLE, format!("lost the listener of {path}"), err.to_string()));
+    }
+}
+
+/// Fetches the weather into the tree every interval; after a failure, retries with
+/// backoff and alerts once per outage, and once more when it is over.
+async fn keep_weather<T: RealtimeTree>(
+    client: weather::Client,
+    tree: T,
+    config: Arc<Config>,
+    alerter: Alerter,
+    shutdown: CancellationToken,
+) {
+    let interval = Duration::from_secs(config.weather.interval_secs);
+    let mut retry = Backoff::new(Duration::from_millis(config.weather.retry_initial_ms), interval);
+    let mut outage: Option<String> = None;
+    loop {
+        let wait = match client.fetch().await {
+            Ok((current, air_level)) => {
+                let value = weather::tree_value(&current, air_level, chrono::Local::now().naive_local());
+                match tree.set(OPENWEATHER_PATH, value).await {
+                    Ok(()) => {
+                        info!(icon = current.icon, air_level, "weather updated");
+                        if let Some(problem) = outage.take() {
+                            alerter.raise(Alert::new(ROLE, "the weather is back", format!("after: {problem}")));
+                        }
+                        retry.reset();
+                        interval
+                    }
+                    Err(err) => {
+                        warn!("cannot store the weather: {err}");
+                        alerter.raise(Alert::new(ROLE, "cannot store the weather", err.to_string()));
+                        retry.next_delay()
+                    }
+                }
+            }
+            Err(err) => {
+                let wait = match &err {
+                    weather::WeatherError::RateLimited { retry_after: Some(after) } => (*after).min(interval),
+                    _ => retry.next_delay(),
+                };
+                warn!(retry_in = ?wait, "weather update failed: {err}");
+                if outage.is_none() {
+                    alerter.raise(Alert::new(ROLE, "the weather cannot be updated", err.to_string()));
+                    outage = Some(err.to_string());
+                }
+                wait
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod mosquitto;
 pub mod slack;
 pub mod store_suite;
+pub mod weather;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener};
