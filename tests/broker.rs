@@ -133,3 +133,17 @@ async fn a_taken_port_is_a_clear_startup_error() {
     let log = daemon.log();
     assert!(log.contains(&format!("broker.ws_listen = 127.0.0.1:{ws_port}")), "{log}");
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused() {
+    let daemon = Daemon::start("broker", "max_connections = 2\n", "");
+    daemon.wait_broker().await;
+    let first = connect(daemon.mqtt_port, "first", None).await.expect("first");
+    let second = connect(daemon.mqtt_port, "second", None).await.expect("second");
+    assert!(connect(daemon.mqtt_port, "third", None).await.is_err(), "a third connection was let in");
+    drop((first, second));
+    common::wait_for_async(Duration::from_secs(10), "a freed slot", || async move {
+        connect(daemon.mqtt_port, "fourth", None).await.ok()
+    })
+    .await;
+}

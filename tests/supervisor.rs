@@ -15,7 +15,7 @@ const ROLES: [&str; 3] = ["broker", "processor", "syncer"];
 #[tokio::test]
 async fn a_killed_child_is_restarted_with_a_new_pid_and_reported_to_slack() {
     let slack = SlackServer::start().await;
-    let daemon = Daemon::start("run", "", &format!("{}{FAST_SUPERVISOR}", slack.config()));
+    let daemon = Daemon::start("run", "", &format!("{}{FAST_SUPERVISOR}healthy_after_secs = 1\n", slack.config()));
     let before = daemon.wait_children(&ROLES).await;
     wait_for(Duration::from_secs(10), "the start alert", || {
         (!slack.texts_containing("smarthomed started").is_empty()).then_some(())
@@ -38,6 +38,10 @@ async fn a_killed_child_is_restarted_with_a_new_pid_and_reported_to_slack() {
     assert!(exit_alert.contains("killed by SIGKILL"), "{exit_alert}");
     wait_for(Duration::from_secs(10), "the restart alert", || {
         slack.texts_containing("processor restarted").into_iter().next()
+    })
+    .await;
+    wait_for(Duration::from_secs(10), "the recovery alert", || {
+        slack.texts_containing("processor recovered").into_iter().next()
     })
     .await;
     assert!(slack.posted().iter().all(|posted| posted.channel == "#test"));
