@@ -15,6 +15,7 @@ fn smarthomed(args: &[&str]) -> Output {
         .env_remove("SMARTHOMED_CONFIG")
         .env_remove("SMARTHOMED_SLACK_TOKEN")
         .env_remove("SMARTHOMED_MQTT_PASSWORD")
+        .env_remove("SMARTHOMED_WEATHER_API_KEY")
         .env_remove("CREDENTIALS_DIRECTORY")
         .current_dir(std::env::temp_dir())
         .output()

@@ -41,12 +41,13 @@ pub struct CommandSpec {
     pub parse: fn(&Map<String, Value>) -> Result<Request, Rejection>,
 }
 
-const APPS: &[&str] = &["android", "car"];
+/// Commands every app may send.
+const APPS: &[&str] = &PRODUCERS;
 
 pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         command: "signup",
-        producers: &["android", "car"],
+        producers: APPS,
         parse: |fields| {
             Ok(Request::Signup {
                 uid: uid(fields)?,
@@ -56,7 +57,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec {
         command: "signin",
-        producers: &["android", "car"],
+        producers: APPS,
         parse: |fields| Ok(Request::Signin { uid: uid(fields)? }),
     },
     CommandSpec {
@@ -66,7 +67,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec {
         command: "control",
-        producers: &["android", "car"],
+        producers: APPS,
         parse: |fields| {
             let digits = text_field(fields, "control")?;
             Control::parse(&digits)
@@ -92,12 +93,13 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         command: "mode_delete",
         producers: APPS,
-        parse: |fields| match fields.get("modeNum").and_then(Value::as_u64) {
-            Some(number @ 1..=9) => Ok(Request::ModeDelete { number: number as u8 }),
-            Some(_) | None if fields.contains_key("modeNum") => {
-                Err(Rejection::new("bad_field", "modeNum must be an integer 1-9"))
-            }
-            _ => Err(Rejection::new("missing_field", "modeNum is missing")),
+        parse: |fields| match fields.get("modeNum") {
+            None => Err(Rejection::new("missing_field", "modeNum is missing")),
+            Some(value) => value
+                .as_u64()
+                .filter(|number| (1..=9).contains(number))
+                .map(|number| Request::ModeDelete { number: number as u8 })
+                .ok_or_else(|| Rejection::new("bad_field", "modeNum must be an integer 1-9")),
         },
     },
 ];

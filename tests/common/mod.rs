@@ -145,6 +145,7 @@ impl Daemon {
             .current_dir(dir.path())
             .env_remove("SMARTHOMED_SLACK_TOKEN")
             .env_remove("SMARTHOMED_MQTT_PASSWORD")
+            .env_remove("SMARTHOMED_WEATHER_API_KEY")
             .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("NOTIFY_SOCKET")
             .env("RUST_LOG", "info")
