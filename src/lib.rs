@@ -17,3 +17,4 @@ pub mod schedule;
 pub mod store;
 pub mod supervisor;
 pub mod syncer;
+pub mod tls;

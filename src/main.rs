@@ -60,9 +60,7 @@ impl ConfigArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    if rustls::crypto::ring::default_provider().install_default().is_err() {
-        tracing::debug!("a TLS crypto provider was already installed");
-    }
+    smarthomed::tls::use_ring();
     let args = match &cli.command {
         Command::HashPassword => return report(hash_password()),
         Command::Run(args)

@@ -42,3 +42,76 @@ async fn an_unusable_store_directory_is_a_clear_error() {
     let err = EmbeddedDocuments::open(&file.path().join("data")).err().expect("opened under a file");
     assert!(err.to_string().contains(&file.path().display().to_string()), "{err}");
 }
+
+mod firebase_tree {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use smarthomed::store::firebase_tree::{FirebaseTree, FixedToken};
+    use smarthomed::store::{RealtimeTree, TreeEvent};
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::common::rtdb::RtdbServer;
+
+    fn client(server: &RtdbServer, token: &str) -> FirebaseTree<FixedToken> {
+        FirebaseTree::new(&server.url, FixedToken(Some(token.into())), Duration::from_secs(5)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_realtime_database_backend_conforms() {
+        let server = RtdbServer::start().await;
+        super::common::store_suite::tree(client(&server, &server.token)).await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_an_error_naming_the_path_not_the_token() {
+        let server = RtdbServer::start().await;
+        let err = client(&server, "wrong-token").get("smarthome/status").await.unwrap_err().to_string();
+        assert!(err.contains("/smarthome/status") && err.contains("401") && err.contains("Unauthorized"), "{err}");
+        assert!(!err.contains("wrong-token"));
+    }
+
+    async fn next(events: &mut mpsc::Receiver<TreeEvent>) -> TreeEvent {
+        tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("no event within 10 s").expect("listener ended")
+    }
+
+    #[tokio::test]
+    async fn listeners_survive_drops_revoked_tokens_cancels_and_malformed_events() {
+        let server = RtdbServer::start().await;
+        let tree = client(&server, &server.token);
+        server.put("smarthome/status", json!("000000000"));
+        let shutdown = CancellationToken::new();
+        let (sender, mut events) = mpsc::channel(16);
+        let watcher = {
+            let tree = tree.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { tree.watch("smarthome", sender, shutdown).await })
+        };
+        assert_eq!(next(&mut events).await.value, Some(json!({"status": "000000000"})));
+
+        let mut expected_streams = 1;
+        for (trouble, status) in [
+            ("drop", "100000000"),
+            ("event: auth_revoked\ndata: credential is no longer valid\n\n", "200000000"),
+            ("event: cancel\ndata: null\n\n", "300000000"),
+            ("event: put\ndata: {not json\n\n", "400000000"),
+        ] {
+            if trouble == "drop" {
+                server.drop_streams();
+            } else {
+                server.push_raw(trouble);
+            }
+            expected_streams += 1;
+            // A change made while the listener reconnects is not lost.
+            server.put("smarthome/status", json!(status));
+            assert_eq!(next(&mut events).await.value, Some(json!({"status": status})), "after {trouble:?}");
+            super::common::wait_for(Duration::from_secs(10), "the reconnect", || {
+                (server.streams_opened() >= expected_streams).then_some(())
+            })
+            .await;
+        }
+        shutdown.cancel();
+        watcher.await.unwrap().unwrap();
+    }
+}

@@ -76,6 +76,7 @@ impl Destination {
         if config.token.is_empty() {
             return Ok(Self::LogOnly);
         }
+        crate::tls::use_ring();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(SlackError::Tls)?

@@ -12,6 +12,7 @@
 //! never silently loses an update. [`embedded`] is the default backend.
 
 pub mod embedded;
+pub mod firebase_tree;
 pub mod tree;
 
 use std::future::Future;
@@ -41,6 +42,13 @@ pub enum StoreError {
     },
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
+    #[error("{operation} failed: {message}")]
+    Remote {
+        operation: String,
+        /// The HTTP status, when the service answered.
+        status: Option<u16>,
+        message: String,
+    },
 }
 
 /// What a document listener hears.

@@ -82,6 +82,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(config: &WeatherConfig) -> Result<Self, WeatherError> {
+        crate::tls::use_ring();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_secs))
             .build()

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod mosquitto;
+pub mod rtdb;
 pub mod slack;
 pub mod store_suite;
 pub mod weather;
