@@ -115,3 +115,80 @@ mod firebase_tree {
         watcher.await.unwrap().unwrap();
     }
 }
+
+mod service_account {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use smarthomed::store::RealtimeTree;
+    use smarthomed::store::firebase_tree::{AccessTokens, FirebaseTree};
+    use smarthomed::store::service_account::{DATABASE_SCOPES, ServiceAccountTokens};
+
+    use super::common::google_token::{TokenServer, key_pair};
+    use super::common::rtdb::RtdbServer;
+
+    #[tokio::test]
+    async fn tokens_are_minted_from_the_key_cached_and_refreshed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = key_pair(dir.path());
+        let server = TokenServer::start(&public, "ya29.first", 3600).await;
+        let tokens = ServiceAccountTokens::from_file(&server.key_file(dir.path(), &private), DATABASE_SCOPES).unwrap();
+        assert_eq!(tokens.token().await.unwrap().as_deref(), Some("ya29.first"));
+        assert_eq!(tokens.token().await.unwrap().as_deref(), Some("ya29.first"));
+        assert_eq!(server.minted(), 1, "a valid token is reused");
+        tokens.invalidate();
+        tokens.token().await.unwrap();
+        assert_eq!(server.minted(), 2, "a refused token is replaced");
+
+        let short = TokenServer::start(&public, "ya29.short", 60).await;
+        let tokens = ServiceAccountTokens::from_file(&short.key_file(dir.path(), &private), DATABASE_SCOPES).unwrap();
+        tokens.token().await.unwrap();
+        tokens.token().await.unwrap();
+        assert_eq!(short.minted(), 2, "a token about to expire is replaced before use");
+    }
+
+    #[tokio::test]
+    async fn a_key_the_endpoint_refuses_is_a_clear_error_without_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, _) = key_pair(dir.path());
+        let other = tempfile::tempdir().unwrap();
+        let (_, unrelated_public) = key_pair(other.path());
+        let server = TokenServer::start(&unrelated_public, "ya29.never", 3600).await;
+        let tokens = ServiceAccountTokens::from_file(&server.key_file(dir.path(), &private), DATABASE_SCOPES).unwrap();
+        let err = tokens.token().await.unwrap_err().to_string();
+        assert!(err.contains("invalid_grant") && err.contains(&server.token_uri), "{err}");
+        assert!(!err.contains("PRIVATE KEY"));
+    }
+
+    #[tokio::test]
+    async fn unusable_key_files_are_clear_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent.json");
+        let err = ServiceAccountTokens::from_file(&missing, DATABASE_SCOPES).err().unwrap().to_string();
+        assert!(err.contains("absent.json") && err.contains("cannot read"), "{err}");
+        for (name, content) in [
+            ("not-json.json", "private_key: hunter2".to_string()),
+            ("wrong-type.json", json!({"type": "authorized_user", "client_email": "x", "private_key": "y", "token_uri": "z"}).to_string()),
+            ("bad-pem.json", json!({"type": "service_account", "client_email": "x", "private_key": "hunter2", "token_uri": "z"}).to_string()),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let err = ServiceAccountTokens::from_file(&path, DATABASE_SCOPES).err().unwrap().to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(!err.contains("hunter2"), "the key's content leaked: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_realtime_database_is_used_with_minted_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = key_pair(dir.path());
+        let database = RtdbServer::start().await;
+        let server = TokenServer::start(&public, &database.token, 3600).await;
+        let tokens = ServiceAccountTokens::from_file(&server.key_file(dir.path(), &private), DATABASE_SCOPES).unwrap();
+        let tree = FirebaseTree::new(&database.url, tokens, Duration::from_secs(5)).unwrap();
+        tree.set("server/notification", json!("none")).await.unwrap();
+        assert_eq!(tree.get("server/notification").await.unwrap(), Some(json!("none")));
+        assert_eq!(server.minted(), 1);
+    }
+}

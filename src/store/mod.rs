@@ -13,6 +13,7 @@
 
 pub mod embedded;
 pub mod firebase_tree;
+pub mod service_account;
 pub mod tree;
 
 use std::future::Future;
@@ -42,6 +43,8 @@ pub enum StoreError {
     },
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
+    #[error("service-account key {path}: {reason}")]
+    Credentials { path: std::path::PathBuf, reason: String },
     #[error("{operation} failed: {message}")]
     Remote {
         operation: String,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod google_token;
 pub mod mosquitto;
 pub mod rtdb;
 pub mod slack;
