@@ -328,13 +328,13 @@ impl Link {
         if !connected {
             return;
         }
-        let goodbye = async {
-            self.client
-                .publish(availability_topic(self.role), QoS::AtLeastOnce, true, "offline")
-                .await?;
-            self.client.disconnect().await
-        };
-        if let Err(err) = goodbye.await {
+        // Queued without waiting: nothing polls the event loop until we do below, so
+        // waiting for room in a full request queue would never end.
+        let goodbye = self
+            .client
+            .try_publish(availability_topic(self.role), QoS::AtLeastOnce, true, "offline")
+            .and_then(|()| self.client.try_disconnect());
+        if let Err(err) = goodbye {
             debug!(role = self.role, "cannot queue goodbye: {err}");
             return;
         }
