@@ -837,7 +837,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_effective_config_and_debug() {
-        let mut config = parse("[slack]\ntoken = \"xoxb-very-secret\"\n").unwrap();
+        let mut config = parse("[slack]\ntoken = \"fake-slack-token-very-secret\"\n").unwrap();
         config.mqtt.password = Secret::new("hunter2");
         let shown = format!("{}{:?}", config.to_redacted_toml(), config);
         assert!(!shown.contains("very-secret"), "{shown}");

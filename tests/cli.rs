@@ -53,7 +53,7 @@ fn check_config_without_a_file_prints_the_defaults() {
 
 #[test]
 fn check_config_redacts_secrets() {
-    let file = config_file("[slack]\ntoken = \"xoxb-do-not-print-me\"\n[mqtt]\npassword = \"hunter2\"\n");
+    let file = config_file("[slack]\ntoken = \"fake-slack-token-do-not-print-me\"\n[mqtt]\npassword = \"hunter2\"\n");
     let output = smarthomed(&["check-config", "-c", file.path().to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let shown = format!("{}{}", text(&output.stdout), text(&output.stderr));

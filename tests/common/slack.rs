@@ -45,7 +45,7 @@ pub struct SlackServer {
 
 impl SlackServer {
     pub async fn start() -> Self {
-        let token = "xoxb-test-0000000000-secret-token".to_string();
+        let token = "fake-slack-token-for-tests".to_string();
         let inner = Arc::new(Mutex::new(Inner::default()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind slack stand-in");
         let addr = listener.local_addr().expect("slack stand-in address");
