@@ -128,12 +128,16 @@ struct Unacked {
     handled: oneshot::Receiver<()>,
 }
 
-/// Acknowledges messages in the order they arrived, each once it has been handled (or
-/// its handler is gone).
+/// Acknowledges messages in the order they arrived, each once it has been handled. A
+/// message whose handling was abandoned (at shutdown) is left unacknowledged, so the
+/// broker delivers it again on the next connect.
 async fn acknowledge_in_order(mut unacked: mpsc::Receiver<Unacked>, acker: Acker) {
     while let Some(Unacked { publish, handled }) = unacked.recv().await {
-        let _ = handled.await;
-        acker.ack(&publish).await;
+        if handled.await.is_ok() {
+            acker.ack(&publish).await;
+        } else {
+            debug!(topic = publish.topic, "not handled: left for redelivery");
+        }
     }
 }
 
@@ -184,7 +188,7 @@ impl<S: DocumentStore> Dispatcher<S> {
             topic if topic.starts_with("webos/server/") || topic == "webos/server" => None,
             topic => {
                 debug!(topic, "no route for this topic");
-                drop(handled);
+                let _ = handled.send(());
                 return self.track(publish, handled_signal, shutdown).await;
             }
         };
