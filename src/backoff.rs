@@ -32,11 +32,6 @@ impl Backoff {
         delay
     }
 
-    /// What `next_delay` would return, without advancing.
-    pub fn peek(&self) -> Duration {
-        self.next
-    }
-
     pub fn reset(&mut self) {
         self.next = self.initial;
     }
@@ -62,7 +57,7 @@ mod tests {
         let mut backoff = Backoff::new(secs(1), secs(60));
         backoff.next_delay();
         backoff.next_delay();
-        assert_eq!(backoff.peek(), secs(4));
+        assert_eq!(backoff.clone().next_delay(), secs(4));
         backoff.reset();
         assert_eq!(backoff.next_delay(), secs(1));
     }

@@ -48,9 +48,7 @@ mod firebase_tree {
 
     use serde_json::json;
     use smarthomed::store::firebase_tree::{FirebaseTree, FixedToken};
-    use smarthomed::store::{RealtimeTree, TreeEvent};
-    use tokio::sync::mpsc;
-    use tokio_util::sync::CancellationToken;
+    use smarthomed::store::RealtimeTree;
 
     use super::common::rtdb::RtdbServer;
 
@@ -72,23 +70,13 @@ mod firebase_tree {
         assert!(!err.contains("wrong-token"));
     }
 
-    async fn next(events: &mut mpsc::Receiver<TreeEvent>) -> TreeEvent {
-        tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("no event within 10 s").expect("listener ended")
-    }
-
     #[tokio::test]
     async fn listeners_survive_drops_revoked_tokens_cancels_and_malformed_events() {
         let server = RtdbServer::start().await;
         let tree = client(&server, &server.token);
         server.put("smarthome/status", json!("000000000"));
-        let shutdown = CancellationToken::new();
-        let (sender, mut events) = mpsc::channel(16);
-        let watcher = {
-            let tree = tree.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move { tree.watch("smarthome", sender, shutdown).await })
-        };
-        assert_eq!(next(&mut events).await.value, Some(json!({"status": "000000000"})));
+        let mut watching = super::common::store_suite::watch_tree(&tree, "smarthome");
+        assert_eq!(watching.next().await.value, Some(json!({"status": "000000000"})));
 
         let mut expected_streams = 1;
         for (trouble, status) in [
@@ -105,14 +93,13 @@ mod firebase_tree {
             expected_streams += 1;
             // A change made while the listener reconnects is not lost.
             server.put("smarthome/status", json!(status));
-            assert_eq!(next(&mut events).await.value, Some(json!({"status": status})), "after {trouble:?}");
+            assert_eq!(watching.next().await.value, Some(json!({"status": status})), "after {trouble:?}");
             super::common::wait_for(Duration::from_secs(10), "the reconnect", || {
                 (server.streams_opened() >= expected_streams).then_some(())
             })
             .await;
         }
-        shutdown.cancel();
-        watcher.await.unwrap().unwrap();
+        watching.stop().await;
     }
 }
 

@@ -287,10 +287,6 @@ impl RealtimeTree for EmbeddedTree {
         .await
     }
 
-    async fn delete(&self, path: &str) -> Result<(), StoreError> {
-        self.set(path, Value::Null).await
-    }
-
     async fn watch(
         &self,
         path: &str,

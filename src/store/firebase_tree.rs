@@ -246,10 +246,6 @@ impl<A: AccessTokens> RealtimeTree for FirebaseTree<A> {
         Ok(())
     }
 
-    async fn delete(&self, path: &str) -> Result<(), StoreError> {
-        self.set(path, Value::Null).await
-    }
-
     async fn watch(
         &self,
         path: &str,

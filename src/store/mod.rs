@@ -92,7 +92,10 @@ pub trait RealtimeTree: Clone + Send + Sync + 'static {
     fn set(&self, path: &str, value: Value) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Sets each child of `path` named in `fields`, leaving the others.
     fn update(&self, path: &str, fields: Map<String, Value>) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn delete(&self, path: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Removes what is at `path`: a set to JSON null, in every backend.
+    fn delete(&self, path: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.set(path, Value::Null)
+    }
     /// Sends the value at `path` first and after every change at, above or below it,
     /// until `shutdown` or until the receiver is dropped.
     fn watch(

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use smarthomed::store::{Document, DocumentEvent, DocumentStore, RealtimeTree, TreeEvent};
+use smarthomed::store::{Document, DocumentEvent, DocumentStore, RealtimeTree, StoreError, TreeEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -11,11 +11,43 @@ fn doc(value: Value) -> Document {
     value.as_object().cloned().expect("a JSON object")
 }
 
-async fn next<T>(events: &mut mpsc::Receiver<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), events.recv())
-        .await
-        .expect("no event within 10 s")
-        .expect("listener ended")
+/// A listener running in its own task until [`Watching::stop`].
+pub struct Watching<E> {
+    events: mpsc::Receiver<E>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
+impl<E> Watching<E> {
+    /// The next event, within 10 s.
+    pub async fn next(&mut self) -> E {
+        tokio::time::timeout(Duration::from_secs(10), self.events.recv())
+            .await
+            .expect("no event within 10 s")
+            .expect("listener ended")
+    }
+
+    /// Stops the listener; it must end without an error.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("listener task").expect("listener failed");
+    }
+}
+
+pub fn watch_tree<T: RealtimeTree>(tree: &T, path: &'static str) -> Watching<TreeEvent> {
+    let (sender, events) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let (tree, stop) = (tree.clone(), shutdown.clone());
+    let task = tokio::spawn(async move { tree.watch(path, sender, stop).await });
+    Watching { events, shutdown, task }
+}
+
+pub fn watch_documents<S: DocumentStore>(store: &S, collection: &'static str) -> Watching<DocumentEvent> {
+    let (sender, events) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let (store, stop) = (store.clone(), shutdown.clone());
+    let task = tokio::spawn(async move { store.watch(collection, sender, stop).await });
+    Watching { events, shutdown, task }
 }
 
 pub async fn documents<S: DocumentStore>(store: S) {
@@ -45,21 +77,15 @@ pub async fn documents<S: DocumentStore>(store: S) {
         assert!(store.set(collection, id, user.clone()).await.is_err());
     }
 
-    let shutdown = CancellationToken::new();
-    let (sender, mut events) = mpsc::channel(16);
-    let watcher = {
-        let store = store.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { store.watch("modes", sender, shutdown).await })
-    };
-    assert_eq!(next(&mut events).await, DocumentEvent::Snapshot(vec![]));
+    let mut watching = watch_documents(&store, "modes");
+    assert_eq!(watching.next().await, DocumentEvent::Snapshot(vec![]));
     let mode = doc(json!({"modeName": "아침", "modeNum": 1, "airconEnable": true}));
     store.set("modes", "morning", mode.clone()).await.unwrap();
     store.set("user_account", "uid-2", user.clone()).await.unwrap();
     store.delete("modes", "morning").await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        match next(&mut events).await {
+        match watching.next().await {
             DocumentEvent::Snapshot(_) => {}
             event => seen.push(event),
         }
@@ -71,8 +97,7 @@ pub async fn documents<S: DocumentStore>(store: S) {
             DocumentEvent::Deleted { id: "morning".into() },
         ]
     );
-    shutdown.cancel();
-    watcher.await.unwrap().unwrap();
+    watching.stop().await;
 }
 
 pub async fn tree<T: RealtimeTree>(tree: T) {
@@ -94,24 +119,17 @@ pub async fn tree<T: RealtimeTree>(tree: T) {
     assert!(tree.set("bad.key", json!(1)).await.is_err());
     assert!(tree.get("a/[0]").await.is_err());
 
-    let shutdown = CancellationToken::new();
-    let (sender, mut events) = mpsc::channel(16);
-    let watcher = {
-        let tree = tree.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { tree.watch("server", sender, shutdown).await })
-    };
-    assert_eq!(next(&mut events).await, TreeEvent { value: None });
+    let mut watching = watch_tree(&tree, "server");
+    assert_eq!(watching.next().await, TreeEvent { value: None });
     tree.set("smarthome/status", json!("100000000")).await.unwrap();
     tree.set("server/notification", json!("none")).await.unwrap();
-    assert_eq!(next(&mut events).await, TreeEvent { value: Some(json!({"notification": "none"})) });
+    assert_eq!(watching.next().await, TreeEvent { value: Some(json!({"notification": "none"})) });
     tree.set("server", json!({"notification": "가스벨브가 열려있어요."})).await.unwrap();
     assert_eq!(
-        next(&mut events).await,
+        watching.next().await,
         TreeEvent { value: Some(json!({"notification": "가스벨브가 열려있어요."})) }
     );
     tree.delete("server/notification").await.unwrap();
-    assert_eq!(next(&mut events).await, TreeEvent { value: None });
-    shutdown.cancel();
-    watcher.await.unwrap().unwrap();
+    assert_eq!(watching.next().await, TreeEvent { value: None });
+    watching.stop().await;
 }
