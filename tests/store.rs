@@ -47,7 +47,8 @@ mod firebase_tree {
     use std::time::Duration;
 
     use serde_json::json;
-    use smarthomed::store::firebase_tree::{FirebaseTree, FixedToken};
+    use smarthomed::store::firebase_tree::FirebaseTree;
+    use smarthomed::store::service_account::FixedToken;
     use smarthomed::store::RealtimeTree;
 
     use super::common::rtdb::RtdbServer;
@@ -108,7 +109,8 @@ mod service_account {
 
     use serde_json::json;
     use smarthomed::store::RealtimeTree;
-    use smarthomed::store::firebase_tree::{AccessTokens, FirebaseTree};
+    use smarthomed::store::firebase_tree::FirebaseTree;
+    use smarthomed::store::service_account::AccessTokens;
     use smarthomed::store::service_account::{DATABASE_SCOPES, ServiceAccountTokens};
 
     use super::common::google_token::{TokenServer, key_pair};
@@ -177,5 +179,80 @@ mod service_account {
         tree.set("server/notification", json!("none")).await.unwrap();
         assert_eq!(tree.get("server/notification").await.unwrap(), Some(json!("none")));
         assert_eq!(server.minted(), 1);
+    }
+}
+
+mod firestore {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use smarthomed::store::firestore::FirestoreDocuments;
+    use smarthomed::store::{DocumentEvent, DocumentStore};
+
+    use super::common::firestore_emulator;
+    use super::common::proxy::CuttableProxy;
+    use super::common::store_suite::{documents, watch_documents};
+
+    async fn store(host: &str, project: &str) -> FirestoreDocuments {
+        FirestoreDocuments::emulator(project, host, Duration::from_secs(10))
+            .await
+            .expect("connect to the emulator")
+            .with_listener_retry_delay(Duration::from_millis(200))
+    }
+
+    fn doc(value: serde_json::Value) -> smarthomed::store::Document {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_firestore_backend_conforms() {
+        let host = firestore_emulator::host();
+        documents(store(host, &firestore_emulator::project()).await).await;
+    }
+
+    #[tokio::test]
+    async fn listeners_resume_after_a_dropped_connection_without_losing_changes() {
+        let host = firestore_emulator::host();
+        let project = firestore_emulator::project();
+        let proxy = CuttableProxy::start(host).await;
+        let watched = store(&proxy.host, &project).await;
+        let writer = store(host, &project).await;
+        writer.set("modes", "kept", doc(json!({"modeNum": 1}))).await.unwrap();
+        writer.set("modes", "doomed", doc(json!({"modeNum": 2}))).await.unwrap();
+
+        let mut watching = watch_documents(&watched, "modes");
+        let DocumentEvent::Snapshot(mut now) = watching.next().await else { panic!("no first snapshot") };
+        assert_eq!(now.len(), 2);
+
+        for round in 0..2 {
+            let accepted = proxy.accepted();
+            proxy.cut();
+            // Changed while the listener is cut off: none of it may be lost.
+            writer.set("modes", &format!("added-{round}"), doc(json!({"modeNum": 10 + round}))).await.unwrap();
+            writer.set("modes", "kept", doc(json!({"modeNum": 100 + round}))).await.unwrap();
+            if round == 0 {
+                writer.delete("modes", "doomed").await.unwrap();
+            }
+            let expected = writer.list("modes").await.unwrap();
+            // Apply everything heard until the listener's view equals the store's.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if now == expected {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "round {round}: heard {now:?}, store has {expected:?}");
+                match watching.next().await {
+                    DocumentEvent::Snapshot(all) => now = all,
+                    DocumentEvent::Set { id, document } => {
+                        now.retain(|(known, _)| *known != id);
+                        now.push((id, document));
+                        now.sort_by(|a, b| a.0.cmp(&b.0));
+                    }
+                    DocumentEvent::Deleted { id } => now.retain(|(known, _)| *known != id),
+                }
+            }
+            assert!(proxy.accepted() > accepted, "round {round}: the listener never reconnected");
+        }
+        watching.stop().await;
     }
 }

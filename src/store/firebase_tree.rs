@@ -10,7 +10,6 @@
 //! backoff, and since the first event of every stream is the whole subtree, the state
 //! is re-read on every reconnect and no change is lost.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::tree::{self, TreePath};
+use super::service_account::AccessTokens;
 use super::{RealtimeTree, StoreError, TreeEvent};
 use crate::backoff::Backoff;
 
@@ -29,25 +29,6 @@ use crate::backoff::Backoff;
 const STREAM_SILENCE: Duration = Duration::from_secs(60);
 const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
-
-/// Where access tokens come from.
-pub trait AccessTokens: Send + Sync + 'static {
-    /// A valid token, or `None` where none is needed (an emulator).
-    fn token(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
-    /// The database refused the last token: the next call must fetch a new one.
-    fn invalidate(&self);
-}
-
-/// A fixed token, or none.
-pub struct FixedToken(pub Option<String>);
-
-impl AccessTokens for FixedToken {
-    async fn token(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.0.clone())
-    }
-
-    fn invalidate(&self) {}
-}
 
 pub struct FirebaseTree<A> {
     http: reqwest::Client,

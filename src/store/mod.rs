@@ -13,6 +13,7 @@
 
 pub mod embedded;
 pub mod firebase_tree;
+pub mod firestore;
 pub mod service_account;
 pub mod tree;
 
@@ -45,6 +46,11 @@ pub enum StoreError {
     Worker(String),
     #[error("service-account key {path}: {reason}")]
     Credentials { path: std::path::PathBuf, reason: String },
+    #[error("{operation} failed: {source}")]
+    Firestore {
+        operation: String,
+        source: Box<::firestore::errors::FirestoreError>,
+    },
     #[error("{operation} failed: {message}")]
     Remote {
         operation: String,

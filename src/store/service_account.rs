@@ -13,7 +13,6 @@ use tokio::sync::Mutex;
 use tracing::info;
 
 use super::StoreError;
-use super::firebase_tree::AccessTokens;
 
 /// A token is replaced this long before it expires.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -22,7 +21,28 @@ pub const DATABASE_SCOPES: &[&str] = &[
     "https://www.googleapis.com/auth/firebase.database",
     "https://www.googleapis.com/auth/userinfo.email",
 ];
+/// Scopes of Firestore.
+pub const FIRESTORE_SCOPES: &[&str] = &["https://www.googleapis.com/auth/datastore"];
 const LIFETIME_SECS: u64 = 3600;
+
+/// Where access tokens come from.
+pub trait AccessTokens: Send + Sync + 'static {
+    /// A valid token, or `None` where none is needed (an emulator).
+    fn token(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    /// The database refused the last token: the next call must fetch a new one.
+    fn invalidate(&self);
+}
+
+/// A fixed token, or none.
+pub struct FixedToken(pub Option<String>);
+
+impl AccessTokens for FixedToken {
+    async fn token(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.0.clone())
+    }
+
+    fn invalidate(&self) {}
+}
 
 #[derive(Deserialize)]
 struct KeyFile {

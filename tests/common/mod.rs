@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod firestore_emulator;
 pub mod google_token;
 pub mod mosquitto;
+pub mod proxy;
 pub mod rtdb;
 pub mod slack;
 pub mod store_suite;

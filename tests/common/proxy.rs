@@ -1,0 +1,58 @@
+//! A loopback TCP relay whose connections a test can cut, to show what a client does
+//! when the network drops under it (the server itself stays up and keeps its data).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub struct CuttableProxy {
+    /// `127.0.0.1:port` to connect to instead of the target.
+    pub host: String,
+    cuts: watch::Sender<u64>,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    pub async fn start(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let host = listener.local_addr().expect("proxy address").to_string();
+        let (cuts, _) = watch::channel(0u64);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (target, cut_signal, counter) = (target.to_owned(), cuts.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut cut = cut_signal.subscribe();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { host, cuts, accepted, task }
+    }
+
+    /// Drops every open connection; new ones are relayed again.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|generation| *generation += 1);
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut();
+    }
+}
