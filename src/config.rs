@@ -89,6 +89,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub slack: SlackConfig,
     pub store: StoreConfig,
+    pub firebase: FirebaseConfig,
     pub processor: ProcessorConfig,
     pub schedule: ScheduleConfig,
     pub weather: WeatherConfig,
@@ -215,12 +216,58 @@ impl Default for SlackConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    pub backend: Backend,
+    /// The embedded backend's files.
     pub dir: PathBuf,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { dir: "data".into() }
+        Self {
+            backend: Backend::Embedded,
+            dir: "data".into(),
+        }
+    }
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Files under `store.dir`, on this machine.
+    Embedded,
+    /// Firestore (documents) and the Realtime Database (the tree), as in `[firebase]`.
+    Firebase,
+}
+
+/// The file name of the service-account key under `secrets.keys_dir` or
+/// `$CREDENTIALS_DIRECTORY`.
+pub const FIREBASE_KEY_FILE: &str = "firebase_service_account.json";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirebaseConfig {
+    pub project_id: String,
+    /// The service-account key (JSON). Empty: $GOOGLE_APPLICATION_CREDENTIALS, else
+    /// [`FIREBASE_KEY_FILE`] from systemd's credentials, else from `secrets.keys_dir`.
+    pub credentials: PathBuf,
+    /// `https://<project>-default-rtdb.firebaseio.com` (or `.<region>.firebasedatabase.app`).
+    pub database_url: String,
+    /// `host:port` of a Cloud Firestore emulator; empty: $FIRESTORE_EMULATOR_HOST, else
+    /// Google's service.
+    pub firestore_emulator_host: String,
+    pub timeout_secs: u64,
+}
+
+impl Default for FirebaseConfig {
+    fn default() -> Self {
+        Self {
+            project_id: String::new(),
+            credentials: PathBuf::new(),
+            database_url: String::new(),
+            firestore_emulator_host: String::new(),
+            timeout_secs: 10,
+        }
     }
 }
 
@@ -416,6 +463,10 @@ pub const SECRET_SOURCES: [(&str, &str); 3] = [
 pub struct SecretEnv {
     pub vars: Vec<(String, String)>,
     pub credentials_dir: Option<PathBuf>,
+    /// $GOOGLE_APPLICATION_CREDENTIALS, Google's usual place for a key's path.
+    pub google_application_credentials: Option<PathBuf>,
+    /// $FIRESTORE_EMULATOR_HOST, Google's usual way to point clients at the emulator.
+    pub firestore_emulator_host: Option<String>,
 }
 
 impl SecretEnv {
@@ -426,6 +477,10 @@ impl SecretEnv {
                 .filter_map(|(_, var)| std::env::var(var).ok().map(|v| (var.to_string(), v)))
                 .collect(),
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            google_application_credentials: std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS")
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from),
+            firestore_emulator_host: std::env::var("FIRESTORE_EMULATOR_HOST").ok().filter(|host| !host.is_empty()),
         }
     }
 
@@ -483,7 +538,39 @@ impl Config {
                 *self.secret_mut(name) = Secret::new(value);
             }
         }
-        Ok(())
+        self.resolve_firebase(env)
+    }
+
+    /// Finds the service-account key and the emulator (see [`FirebaseConfig`]) and, with
+    /// `store.backend = "firebase"`, checks that the key is there and usable: better a
+    /// clear error at startup than a child failing later.
+    fn resolve_firebase(&mut self, env: &SecretEnv) -> Result<(), ConfigError> {
+        let firebase = &mut self.firebase;
+        if firebase.firestore_emulator_host.is_empty() {
+            if let Some(host) = &env.firestore_emulator_host {
+                firebase.firestore_emulator_host = host.clone();
+            }
+        }
+        if firebase.credentials.as_os_str().is_empty() {
+            let from_credentials = env.credentials_dir.as_ref().map(|dir| dir.join(FIREBASE_KEY_FILE));
+            firebase.credentials = env
+                .google_application_credentials
+                .clone()
+                .or(from_credentials.filter(|path| path.exists()))
+                .unwrap_or_else(|| self.secrets.keys_dir.join(FIREBASE_KEY_FILE));
+        }
+        if self.store.backend != Backend::Firebase {
+            return Ok(());
+        }
+        crate::store::service_account::check_key_file(&firebase.credentials).map_err(|err| {
+            invalid(
+                "firebase.credentials",
+                format!(
+                    "{err}; the Realtime Database needs a service-account key: put it there (see keys/README.md) \
+                     or set GOOGLE_APPLICATION_CREDENTIALS"
+                ),
+            )
+        })
     }
 
     fn secret_mut(&mut self, name: &str) -> &mut Secret {
@@ -552,10 +639,38 @@ impl Config {
         if self.schedule.max_sleep_secs == 0 {
             return Err(invalid("schedule.max_sleep_secs", "must be at least 1"));
         }
+        self.validate_firebase()?;
         self.validate_weather()?;
         self.validate_slack()?;
         self.validate_broker()?;
         self.validate_mqtt_url()
+    }
+
+    fn validate_firebase(&self) -> Result<(), ConfigError> {
+        let firebase = &self.firebase;
+        if firebase.timeout_secs == 0 {
+            return Err(invalid("firebase.timeout_secs", "must be at least 1"));
+        }
+        if !firebase.database_url.is_empty() {
+            let url = url::Url::parse(&firebase.database_url)
+                .map_err(|err| invalid("firebase.database_url", format!("not a URL: {err}")))?;
+            if !matches!(url.scheme(), "https" | "http") {
+                return Err(invalid("firebase.database_url", "must be an https:// (or http://) URL"));
+            }
+        }
+        if self.store.backend != Backend::Firebase {
+            return Ok(());
+        }
+        if firebase.project_id.trim().is_empty() {
+            return Err(invalid("firebase.project_id", "is needed with store.backend = \"firebase\""));
+        }
+        if firebase.database_url.is_empty() {
+            return Err(invalid(
+                "firebase.database_url",
+                "is needed with store.backend = \"firebase\" (https://<project>-default-rtdb.firebaseio.com)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_weather(&self) -> Result<(), ConfigError> {

@@ -10,6 +10,10 @@ use common::BIN;
 use smarthomed::config::SupervisorConfig;
 
 fn smarthomed(args: &[&str]) -> Output {
+    smarthomed_with_env(args, &[])
+}
+
+fn smarthomed_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
         .args(args)
         .env_remove("SMARTHOMED_CONFIG")
@@ -17,6 +21,9 @@ fn smarthomed(args: &[&str]) -> Output {
         .env_remove("SMARTHOMED_MQTT_PASSWORD")
         .env_remove("SMARTHOMED_WEATHER_API_KEY")
         .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env_remove("FIRESTORE_EMULATOR_HOST")
+        .envs(env.iter().copied())
         .current_dir(std::env::temp_dir())
         .output()
         .expect("run smarthomed")
@@ -149,4 +156,55 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
     let from_example = text(&output.stdout);
     let defaults = text(&smarthomed(&["check-config"]).stdout);
     assert_eq!(from_example, defaults, "the example's values drifted from the defaults");
+}
+
+#[test]
+fn the_firebase_backend_needs_a_usable_service_account_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let config = config_file(&format!(
+        "[store]\nbackend = \"firebase\"\n[firebase]\nproject_id = \"car2home\"\n\
+         database_url = \"https://car2home-default-rtdb.firebaseio.com\"\n[secrets]\nkeys_dir = \"{}\"\n",
+        keys.display()
+    ));
+    let config = config.path().to_str().unwrap();
+
+    let missing = smarthomed(&["check-config", "-c", config]);
+    assert_eq!(missing.status.code(), Some(2));
+    let error = text(&missing.stderr);
+    for needed in ["firebase.credentials", "firebase_service_account.json", "keys/README.md", "GOOGLE_APPLICATION_CREDENTIALS"] {
+        assert!(error.contains(needed), "{needed} not in: {error}");
+    }
+
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::write(keys.join("firebase_service_account.json"), r#"{"type": "authorized_user"}"#).unwrap();
+    let unusable = text(&smarthomed(&["check-config", "-c", config]).stderr);
+    assert!(unusable.contains("not a service-account key"), "{unusable}");
+
+    let (private, _) = common::google_token::key_pair(dir.path());
+    let key = dir.path().join("elsewhere.json");
+    let key_json = serde_json::json!({
+        "type": "service_account", "client_email": common::google_token::EMAIL,
+        "private_key": private, "token_uri": "https://oauth2.googleapis.com/token"
+    });
+    std::fs::write(&key, key_json.to_string()).unwrap();
+    let found = smarthomed_with_env(&["check-config", "-c", config], &[("GOOGLE_APPLICATION_CREDENTIALS", key.to_str().unwrap())]);
+    assert!(found.status.success(), "{}", text(&found.stderr));
+    assert!(text(&found.stdout).contains(&format!("credentials = \"{}\"", key.display())));
+    assert!(!format!("{}{}", text(&found.stdout), text(&found.stderr)).contains("PRIVATE KEY"));
+}
+
+#[test]
+fn the_firebase_backend_needs_its_project_and_database() {
+    for (config, key) in [
+        ("[store]\nbackend = \"firebase\"\n[firebase]\ndatabase_url = \"https://x.firebaseio.com\"\n", "firebase.project_id"),
+        ("[store]\nbackend = \"firebase\"\n[firebase]\nproject_id = \"x\"\n", "firebase.database_url"),
+        ("[firebase]\ndatabase_url = \"ftp://x\"\n", "firebase.database_url"),
+        ("[store]\nbackend = \"cloud\"\n", "store.backend"),
+    ] {
+        let file = config_file(config);
+        let output = smarthomed(&["check-config", "-c", file.path().to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{config}");
+        assert!(text(&output.stderr).contains(key), "{key} not in: {}", text(&output.stderr));
+    }
 }

@@ -34,7 +34,11 @@ use crate::alert::Alert;
 use crate::child_context::ChildContext;
 use crate::mqtt::{self, Acker, Link, MqttError};
 use crate::protocol::topics;
+use crate::backoff::Backoff;
+use crate::config::Backend;
 use crate::store::embedded::EmbeddedDocuments;
+use crate::store::firestore::{Endpoint, FirestoreDocuments};
+use crate::store::service_account::{FIRESTORE_SCOPES, ServiceAccountTokens};
 use crate::store::{DocumentStore, StoreError};
 use appliance::ApplianceInput;
 use commands::Handlers;
@@ -53,10 +57,57 @@ pub enum ProcessorError {
     Store(#[from] StoreError),
 }
 
-/// Runs the processor on the embedded store.
+/// Runs the processor on the configured store.
 pub async fn run(context: ChildContext, shutdown: CancellationToken) -> Result<(), ProcessorError> {
-    let store = EmbeddedDocuments::open(&context.config.store.dir)?;
-    run_with_store(context, store, shutdown).await
+    match context.config.store.backend {
+        Backend::Embedded => {
+            let store = EmbeddedDocuments::open(&context.config.store.dir)?;
+            run_with_store(context, store, shutdown).await
+        }
+        Backend::Firebase => match connect_firestore(&context, &shutdown).await? {
+            Some(store) => run_with_store(context, store, shutdown).await,
+            None => Ok(()),
+        },
+    }
+}
+
+/// Connects to Firestore, retrying with backoff (a home server often boots before its
+/// network is up) and alerting once; `None` if shut down first.
+async fn connect_firestore(
+    context: &ChildContext,
+    shutdown: &CancellationToken,
+) -> Result<Option<FirestoreDocuments>, ProcessorError> {
+    let firebase = &context.config.firebase;
+    let timeout = Duration::from_secs(firebase.timeout_secs);
+    let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut alerted = false;
+    loop {
+        let connected = if firebase.firestore_emulator_host.is_empty() {
+            let tokens = ServiceAccountTokens::from_file(&firebase.credentials, FIRESTORE_SCOPES)?;
+            FirestoreDocuments::connect(&firebase.project_id, Endpoint::Google { tokens }, timeout).await
+        } else {
+            FirestoreDocuments::emulator(&firebase.project_id, &firebase.firestore_emulator_host, timeout).await
+        };
+        match connected {
+            Ok(store) => {
+                if alerted {
+                    context.alerter.raise(Alert::new(ROLE, "Firestore is reachable again", ""));
+                }
+                return Ok(Some(store));
+            }
+            Err(err) => {
+                let wait = retry.next_delay();
+                warn!(retry_in = ?wait, "cannot connect to Firestore: {err}");
+                if !std::mem::replace(&mut alerted, true) {
+                    context.alerter.raise(Alert::new(ROLE, "cannot connect to Firestore", err.to_string()));
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Runs the processor on `store` until `shutdown`.

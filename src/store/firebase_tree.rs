@@ -30,10 +30,21 @@ const STREAM_SILENCE: Duration = Duration::from_secs(60);
 const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
 
+/// What a listener tells its owner beyond the values: once when its stream is lost
+/// (not once per reconnect attempt), once when it is back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamReport {
+    Lost { path: String, reason: String },
+    Back { path: String, after: String },
+}
+
+pub type StreamReporter = Arc<dyn Fn(StreamReport) + Send + Sync>;
+
 pub struct FirebaseTree<A> {
     http: reqwest::Client,
     base: String,
     tokens: Arc<A>,
+    reporter: StreamReporter,
 }
 
 impl<A> Clone for FirebaseTree<A> {
@@ -42,6 +53,7 @@ impl<A> Clone for FirebaseTree<A> {
             http: self.http.clone(),
             base: self.base.clone(),
             tokens: self.tokens.clone(),
+            reporter: self.reporter.clone(),
         }
     }
 }
@@ -70,7 +82,14 @@ impl<A: AccessTokens> FirebaseTree<A> {
             http,
             base: database_url.trim_end_matches('/').to_owned(),
             tokens: Arc::new(tokens),
+            reporter: Arc::new(|_| {}),
         })
+    }
+
+    /// Where listeners report a lost stream and its recovery (they log them anyway).
+    pub fn with_stream_reporter(mut self, reporter: StreamReporter) -> Self {
+        self.reporter = reporter;
+        self
     }
 
     fn url(&self, path: &TreePath) -> String {
@@ -128,6 +147,7 @@ impl<A: AccessTokens> FirebaseTree<A> {
         last_sent: &mut Option<Option<Value>>,
         events: &mpsc::Sender<TreeEvent>,
         connected: &mut bool,
+        outage: &mut Option<String>,
     ) -> Result<StreamEnd, StoreError> {
         let mut request = self.http.get(self.url(path)).header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(token) = self.tokens.token().await? {
@@ -174,6 +194,10 @@ impl<A: AccessTokens> FirebaseTree<A> {
                         }
                     }
                     *connected = true;
+                    if let Some(after) = outage.take() {
+                        info!(%path, "the stream is back");
+                        (self.reporter)(StreamReport::Back { path: path.to_string(), after });
+                    }
                     let now = tree::get(local, &TreePath::parse("")?).cloned();
                     if last_sent.as_ref() != Some(&now) {
                         *last_sent = Some(now.clone());
@@ -236,36 +260,44 @@ impl<A: AccessTokens> RealtimeTree for FirebaseTree<A> {
         let path = TreePath::parse(path)?;
         let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
         let mut last_sent: Option<Option<Value>> = None;
+        let mut outage: Option<String> = None;
         loop {
             let mut local = Value::Null;
             let mut connected = false;
             let ended = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 () = events.closed() => return Ok(()),
-                ended = self.stream_once(&path, &mut local, &mut last_sent, &events, &mut connected) => ended,
+                ended = self.stream_once(&path, &mut local, &mut last_sent, &events, &mut connected, &mut outage) => ended,
             };
             if connected {
                 backoff.reset();
             }
-            let wait = match ended {
+            let (wait, trouble) = match ended {
                 Ok(StreamEnd::ListenerGone) => return Ok(()),
+                // Routine: the database ends a stream whose token expired.
                 Ok(StreamEnd::AuthRevoked) => {
                     info!(%path, "the database revoked the token: reconnecting with a new one");
-                    Duration::ZERO
+                    (Duration::ZERO, None)
                 }
                 Ok(StreamEnd::Closed) => {
-                    info!(%path, "the database closed the stream: reconnecting");
-                    backoff.next_delay()
+                    warn!(%path, "the database closed the stream: reconnecting");
+                    (backoff.next_delay(), Some("the database closed the stream".to_owned()))
                 }
                 Ok(StreamEnd::Cancelled(why)) => {
                     warn!(%path, "the database cancelled the stream (rules refuse the read?): {why}");
-                    backoff.next_delay()
+                    (backoff.next_delay(), Some(format!("the database cancelled the stream: {why}")))
                 }
                 Err(err) => {
                     warn!(%path, "stream failed: {err}");
-                    backoff.next_delay()
+                    (backoff.next_delay(), Some(err.to_string()))
                 }
             };
+            if let Some(reason) = trouble {
+                if outage.is_none() {
+                    (self.reporter)(StreamReport::Lost { path: path.to_string(), reason: reason.clone() });
+                    outage = Some(reason);
+                }
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep(wait) => {}

@@ -53,6 +53,31 @@ struct KeyFile {
     token_uri: String,
 }
 
+/// Checks that `path` holds a usable service-account key, without using it.
+pub fn check_key_file(path: &Path) -> Result<(), StoreError> {
+    read_key_file(path).map(drop)
+}
+
+fn read_key_file(path: &Path) -> Result<(KeyFile, EncodingKey), StoreError> {
+    let bad = |reason: String| StoreError::Credentials {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|err| bad(format!("cannot read it: {err}")))?;
+    let file: KeyFile = serde_json::from_str(&text).map_err(|err| {
+        bad(format!(
+            "not a service-account key (JSON with client_email, private_key, token_uri): {}",
+            err.classify_message()
+        ))
+    })?;
+    if file.kind != "service_account" {
+        return Err(bad(format!("its type is {:?}, not \"service_account\"", file.kind)));
+    }
+    let key = EncodingKey::from_rsa_pem(file.private_key.as_bytes())
+        .map_err(|_| bad("private_key is not an RSA private key in PEM".into()))?;
+    Ok((file, key))
+}
+
 #[derive(Serialize)]
 struct Claims<'a> {
     iss: &'a str,
@@ -80,18 +105,11 @@ pub struct ServiceAccountTokens {
 impl ServiceAccountTokens {
     /// Reads a service-account key file (JSON, as the Google Cloud console makes it).
     pub fn from_file(path: &Path, scopes: &[&str]) -> Result<Self, StoreError> {
+        let (file, key) = read_key_file(path)?;
         let bad = |reason: String| StoreError::Credentials {
             path: path.to_owned(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|err| bad(format!("cannot read it: {err}")))?;
-        let file: KeyFile = serde_json::from_str(&text)
-            .map_err(|err| bad(format!("not a service-account key (JSON with client_email, private_key, token_uri): {}", err.classify_message())))?;
-        if file.kind != "service_account" {
-            return Err(bad(format!("its type is {:?}, not \"service_account\"", file.kind)));
-        }
-        let key = EncodingKey::from_rsa_pem(file.private_key.as_bytes())
-            .map_err(|_| bad("private_key is not an RSA private key in PEM".into()))?;
         crate::tls::use_ring();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))

@@ -29,7 +29,10 @@ use crate::config::Config;
 use crate::mqtt::{self, Link, MqttError};
 use crate::protocol::command::error_reply;
 use crate::protocol::topics::{APPLIANCE_STATE_TOPIC, DATA_ERROR_TOPIC, HOMETEMP_TOPIC, OPENWEATHER_TOPIC, RECOMMENDATION_TOPIC};
+use crate::config::Backend;
 use crate::store::embedded::EmbeddedTree;
+use crate::store::firebase_tree::{FirebaseTree, StreamReport};
+use crate::store::service_account::{DATABASE_SCOPES, ServiceAccountTokens};
 use crate::store::{RealtimeTree, StoreError, TreeEvent};
 
 pub const ROLE: &str = "syncer";
@@ -46,10 +49,33 @@ pub enum SyncerError {
     Weather(#[from] weather::WeatherError),
 }
 
-/// Runs the syncer on the embedded tree.
+/// Runs the syncer on the configured tree.
 pub async fn run(context: ChildContext, shutdown: CancellationToken) -> Result<(), SyncerError> {
-    let tree = EmbeddedTree::open(&context.config.store.dir)?;
-    run_with_tree(context, tree, shutdown).await
+    match context.config.store.backend {
+        Backend::Embedded => {
+            let tree = EmbeddedTree::open(&context.config.store.dir)?;
+            run_with_tree(context, tree, shutdown).await
+        }
+        Backend::Firebase => {
+            let firebase = &context.config.firebase;
+            let tokens = ServiceAccountTokens::from_file(&firebase.credentials, DATABASE_SCOPES)?;
+            let alerter = context.alerter.clone();
+            let tree = FirebaseTree::new(&firebase.database_url, tokens, Duration::from_secs(firebase.timeout_secs))?
+                .with_stream_reporter(Arc::new(move |report| alerter.raise(stream_alert(report))));
+            run_with_tree(context, tree, shutdown).await
+        }
+    }
+}
+
+fn stream_alert(report: StreamReport) -> Alert {
+    match report {
+        StreamReport::Lost { path, reason } => {
+            Alert::new(ROLE, format!("lost the Realtime Database stream of {path}; reconnecting"), reason)
+        }
+        StreamReport::Back { path, after } => {
+            Alert::new(ROLE, format!("the Realtime Database stream of {path} is back"), format!("after: {after}"))
+        }
+    }
 }
 
 pub async fn run_with_tree<T: RealtimeTree>(

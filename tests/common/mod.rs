@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod firebase;
 pub mod firestore_emulator;
 pub mod google_token;
 pub mod mosquitto;
@@ -151,6 +152,8 @@ impl Daemon {
             .env_remove("SMARTHOMED_MQTT_PASSWORD")
             .env_remove("SMARTHOMED_WEATHER_API_KEY")
             .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .env_remove("FIRESTORE_EMULATOR_HOST")
             .env_remove("NOTIFY_SOCKET")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -32,6 +32,8 @@ pub struct RtdbServer {
     root: Arc<Mutex<Value>>,
     changes: broadcast::Sender<Change>,
     streams_opened: Arc<Mutex<usize>>,
+    /// Requests still to be refused, and how.
+    refusals: Arc<Mutex<Vec<(StatusCode, &'static str)>>>,
 }
 
 impl RtdbServer {
@@ -44,6 +46,7 @@ impl RtdbServer {
             root: Arc::new(Mutex::new(Value::Null)),
             changes: broadcast::channel(256).0,
             streams_opened: Arc::new(Mutex::new(0)),
+            refusals: Arc::new(Mutex::new(Vec::new())),
         };
         let app = Router::new().fallback(handle).with_state(server.clone());
         tokio::spawn(async move {
@@ -69,6 +72,21 @@ impl RtdbServer {
         let _ = self.changes.send(Change::Put { path, data });
     }
 
+    /// The next `count` requests are refused with `status` and the database's message
+    /// for it: 401 "Unauthorized request." as for an expired token, 503 as in an outage.
+    pub fn refuse_next(&self, status: StatusCode, count: usize) {
+        let message = match status {
+            StatusCode::UNAUTHORIZED => "Unauthorized request.",
+            _ => "Service Unavailable",
+        };
+        self.refusals.lock().unwrap().extend(std::iter::repeat_n((status, message), count));
+    }
+
+    /// What is stored at `path`, as a GET would answer.
+    pub fn value(&self, path: &str) -> Option<Value> {
+        tree::get(&self.root.lock().unwrap(), &TreePath::parse(path).unwrap()).cloned()
+    }
+
     pub fn streams_opened(&self) -> usize {
         *self.streams_opened.lock().unwrap()
     }
@@ -85,6 +103,9 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some((status, message)) = server.refusals.lock().unwrap().pop() {
+        return error(status, message);
+    }
     let authorized = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", server.token));
     if !authorized {
         return error(StatusCode::UNAUTHORIZED, "Unauthorized request.");

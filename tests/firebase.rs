@@ -1,0 +1,183 @@
+//! The daemon with `store.backend = "firebase"`, end to end: the processor on the real
+//! Firestore emulator, the syncer on the Realtime Database stand-in with a service
+//! account whose tokens come from the token endpoint stand-in, the weather from the
+//! OpenWeatherMap stand-in, alerts to the Slack stand-in.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use chrono::{Timelike, Utc};
+use common::app::{listen, next_json, publisher, send, wait_processor};
+use common::firebase::Firebase;
+use common::slack::SlackServer;
+use common::weather::WeatherServer;
+use common::{Daemon, FAST_SUPERVISOR, expect_message, wait_for, wait_for_async};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+const ROLES: [&str; 3] = ["broker", "processor", "syncer"];
+
+async fn start(firebase: &Firebase, extra: &str) -> Daemon {
+    let daemon = Daemon::start("run", "", &format!("{}{FAST_SUPERVISOR}[schedule]\ntimezone = \"UTC\"\n{extra}", firebase.config()));
+    daemon.wait_children(&ROLES).await;
+    daemon.wait_broker().await;
+    daemon
+}
+
+#[tokio::test]
+async fn a_user_written_by_another_firestore_client_signs_in() {
+    let firebase = Firebase::start().await;
+    firebase.write("user_account", "eAMHGLmiBGO76PIQ54O9CpsqTb23", &json!({"name": "홍길동"})).await;
+    // The emulator named the way Google's tools name it, by the environment.
+    let config = firebase.config().replace(&format!("firestore_emulator_host = \"{}\"\n", firebase.emulator), "");
+    assert!(!config.contains("firestore_emulator_host"));
+    let daemon = Daemon::start_with_env("run", "", &format!("{config}{FAST_SUPERVISOR}"), &[("FIRESTORE_EMULATOR_HOST", firebase.emulator)]);
+    daemon.wait_children(&ROLES).await;
+    daemon.wait_broker().await;
+    let mut replies = listen(&daemon, "app", "webos/+/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"signin","UID":"eAMHGLmiBGO76PIQ54O9CpsqTb23"}"#).await;
+    let reply = next_json(&mut replies, "webos/android/info").await;
+    assert_eq!(reply, json!({"name": "홍길동", "Producer": "server", "command": "return_name"}));
+
+    send(&app, "webos/server/info", r#"{"Producer":"car","command":"signup","UID":"new-uid","name":"Kim"}"#).await;
+    wait_for_async(Duration::from_secs(10), "the signup in Firestore", || async {
+        firebase.list("user_account").await.into_iter().find(|(id, _)| id == "new-uid")
+    })
+    .await;
+    assert_eq!(firebase.list("user_account").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_schedule_written_by_the_android_app_fires_and_alarms_land_in_firestore() {
+    let firebase = Firebase::start().await;
+    let daemon = start(&firebase, "").await;
+    let mut replies = listen(&daemon, "app", "webos/android/+").await;
+    let mut appliance = listen(&daemon, "PSW_Arduino", "webos/smarthome/info").await;
+    let mut state = listen(&daemon, "state-watcher", "smarthomed/appliance/state").await;
+    let device = publisher(&daemon, "device").await;
+    wait_processor(&device, &mut replies).await;
+    send(&device, "data/smarthome", "000000000").await;
+    expect_message(&mut state, "smarthomed/appliance/state", "000000000").await;
+
+    // As the Android app writes it: the document id is the title.
+    let at = (Utc::now() + chrono::Duration::seconds(75)).with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let schedule = json!({
+        "title": "아침", "name": "Hong-Gil-Dong", "repeat": false, "modeNum": 0, "enabled": true,
+        "startTime": at.format("%H%M").to_string(), "activeDate": at.format("%Y.%m.%d").to_string(),
+        "daysOfWeek": [false, false, false, false, false, false, false],
+        "airconEnable": true, "airconWindPower": 5, "lightEnable": false, "lightBrightness": 0,
+        "lightColor": 0, "lightMode": 0, "windowOpen": true, "gasValveEnable": false
+    });
+    firebase.write("schedule_mode", "아침", &schedule).await;
+
+    let wait = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(20);
+    let control = tokio::time::timeout(wait, appliance.recv()).await.expect("no control at the scheduled minute").unwrap();
+    assert_eq!(control.1, "015200012");
+    assert!(Utc::now() >= at, "ran before its time");
+    wait_for_async(Duration::from_secs(10), "the one-off schedule to be deleted", || async {
+        firebase.list("schedule_mode").await.is_empty().then_some(())
+    })
+    .await;
+
+    // The appliance reports its new state; the processor's alarms go to Firestore.
+    send(&device, "data/smarthome", "015000010").await;
+    let alarms = wait_for_async(Duration::from_secs(10), "the alarms in appliance_alarm", || async {
+        let alarms = firebase.list("appliance_alarm").await;
+        (alarms.len() == 2).then_some(alarms)
+    })
+    .await;
+    let mut informs: Vec<&str> = alarms.iter().map(|(_, alarm)| alarm["inform"].as_str().unwrap()).collect();
+    informs.sort();
+    assert_eq!(informs, ["에어컨이 켜졌어요.", "창문이 열렸어요."]);
+    for (id, alarm) in &alarms {
+        let seconds: i64 = id.split('-').next().unwrap().parse().unwrap_or_else(|_| panic!("id {id}"));
+        let age = 10_000_000_000 - seconds - Utc::now().timestamp();
+        assert!(age.abs() < 120, "id {id} is not 10000000000 minus the Unix time");
+        assert_eq!(alarm["date"].as_str().unwrap().split('.').count(), 6, "{alarm}");
+        assert!(alarm["icon"].as_str().unwrap().ends_with("_icon"), "{alarm}");
+    }
+}
+
+#[tokio::test]
+async fn the_realtime_database_reaches_the_processor_and_gets_the_recommendation_and_weather() {
+    let firebase = Firebase::start().await;
+    let weather = WeatherServer::start().await;
+    firebase.rtdb.put("sensor/hometemp", json!({"temp": 29.2, "humi": 60, "rain": "0"}));
+    let daemon = start(&firebase, &format!("{}api_key = \"{}\"\n", weather.config("Seoul"), weather.key)).await;
+
+    let mut sensors = listen(&daemon, "sensors", "smarthomed/sensor/#").await;
+    let mut recommendation = listen(&daemon, "watcher", "smarthomed/recommendation").await;
+    expect_message(&mut sensors, "smarthomed/sensor/hometemp", r#"{"humi":60,"rain":"0","temp":29.2}"#).await;
+    let weather_in_tree = wait_for(Duration::from_secs(15), "the weather in the database", || firebase.rtdb.value("sensor/openweather")).await;
+    assert_eq!(weather_in_tree["icon"], "10n");
+    assert_eq!(weather_in_tree["temp"], "19.8");
+
+    // The ESP32 writes the state to the database; the processor hears of it through the
+    // syncer and its recommendation goes back to the database.
+    firebase.rtdb.put("smarthome/status", json!("000000010"));
+    expect_message(&mut recommendation, "smarthomed/recommendation", "비 소식이 있으니 창문을 닫아주세요.").await;
+    wait_for(Duration::from_secs(10), "the notification in the database", || {
+        (firebase.rtdb.value("server/notification") == Some(json!("비 소식이 있으니 창문을 닫아주세요."))).then_some(())
+    })
+    .await;
+    assert!(!daemon.log().contains(&weather.key), "the API key reached the log");
+    assert!(!daemon.log().contains(&firebase.rtdb.token), "an access token reached the log");
+}
+
+#[tokio::test]
+async fn stream_troubles_are_survived_and_reported() {
+    let firebase = Firebase::start().await;
+    let slack = SlackServer::start().await;
+    firebase.rtdb.put("smarthome/status", json!("000000000"));
+    let slack_config = slack.config().replace("coalesce_window_secs = 600", "coalesce_window_secs = 1");
+    let mut daemon = start(&firebase, &slack_config).await;
+    let mut state = listen(&daemon, "state-watcher", "data/smarthome").await;
+    expect_message(&mut state, "data/smarthome", "000000000").await;
+    let minted = firebase.tokens.minted();
+
+    for (trouble, status, reported) in [
+        ("drop", "100000000", "the database closed the stream"),
+        ("401", "200000000", "401"),
+        ("503", "300000000", "503"),
+        ("malformed", "400000000", "malformed put event"),
+    ] {
+        let opened = firebase.rtdb.streams_opened();
+        match trouble {
+            // One refusal for each of the syncer's three streams.
+            "401" => firebase.rtdb.refuse_next(StatusCode::UNAUTHORIZED, 3),
+            "503" => firebase.rtdb.refuse_next(StatusCode::SERVICE_UNAVAILABLE, 3),
+            _ => {}
+        }
+        match trouble {
+            "drop" => firebase.rtdb.drop_streams(),
+            "malformed" => firebase.rtdb.push_raw("event: put\ndata: {not json\n\n"),
+            // The routine hourly reconnect with a new token (not an alert), which then
+            // meets the refusal.
+            _ => firebase.rtdb.push_raw("event: auth_revoked\ndata: credential is no longer valid\n\n"),
+        }
+        // Written while the stream is down: it still reaches the processor.
+        firebase.rtdb.put("smarthome/status", json!(status));
+        expect_message(&mut state, "data/smarthome", status).await;
+        wait_for(Duration::from_secs(15), "the reconnect", || (firebase.rtdb.streams_opened() > opened).then_some(())).await;
+        wait_for(Duration::from_secs(15), &format!("the alert about {trouble}"), || {
+            slack
+                .texts_containing("lost the Realtime Database stream of")
+                .into_iter()
+                .find(|text| text.contains(reported))
+        })
+        .await;
+    }
+    wait_for(Duration::from_secs(15), "the recovery alert", || {
+        slack.texts_containing("the Realtime Database stream of /smarthome/status is back").first().cloned()
+    })
+    .await;
+    assert!(firebase.tokens.minted() > minted, "the refused token was not replaced");
+    assert_eq!(daemon.children().len(), 3, "a child died");
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
+}
