@@ -984,8 +984,8 @@ mod tests {
 
         std::fs::write(creds.path().join("slack_token"), "from-credentials").unwrap();
         let env = SecretEnv {
-            vars: vec![],
             credentials_dir: Some(creds.path().to_owned()),
+            ..SecretEnv::default()
         };
         let mut config = parse(&text).unwrap();
         config.resolve_secrets(&env).unwrap();
@@ -994,10 +994,47 @@ mod tests {
         let env = SecretEnv {
             vars: vec![("SMARTHOMED_SLACK_TOKEN".into(), "from-env".into())],
             credentials_dir: Some(creds.path().to_owned()),
+            ..SecretEnv::default()
         };
         let mut config = parse(&text).unwrap();
         config.resolve_secrets(&env).unwrap();
         assert_eq!(config.slack.token.expose(), "from-env");
+    }
+
+    #[test]
+    fn the_firebase_key_and_emulator_are_found_as_googles_tools_find_them() {
+        let keys = Path::new("/srv/keys");
+        let text = format!("[secrets]\nkeys_dir = {keys:?}\n");
+        let resolved = |env: &SecretEnv, extra: &str| {
+            let mut config = parse(&format!("{text}{extra}")).unwrap();
+            config.resolve_secrets(env).unwrap();
+            config.firebase
+        };
+        let nothing = resolved(&SecretEnv::default(), "");
+        assert_eq!(nothing.credentials, keys.join(FIREBASE_KEY_FILE));
+        assert_eq!(nothing.firestore_emulator_host, "");
+
+        let creds = tempfile::tempdir().unwrap();
+        let with_credential = SecretEnv {
+            credentials_dir: Some(creds.path().to_owned()),
+            ..SecretEnv::default()
+        };
+        assert_eq!(resolved(&with_credential, "").credentials, keys.join(FIREBASE_KEY_FILE), "absent credential");
+        std::fs::write(creds.path().join(FIREBASE_KEY_FILE), "{}").unwrap();
+        assert_eq!(resolved(&with_credential, "").credentials, creds.path().join(FIREBASE_KEY_FILE));
+
+        let google = SecretEnv {
+            credentials_dir: Some(creds.path().to_owned()),
+            google_application_credentials: Some("/etc/gcp/key.json".into()),
+            firestore_emulator_host: Some("127.0.0.1:8080".into()),
+            ..SecretEnv::default()
+        };
+        let from_env = resolved(&google, "");
+        assert_eq!(from_env.credentials, Path::new("/etc/gcp/key.json"));
+        assert_eq!(from_env.firestore_emulator_host, "127.0.0.1:8080");
+        let from_file = resolved(&google, "[firebase]\ncredentials = \"/opt/key.json\"\nfirestore_emulator_host = \"[::1]:9000\"\n");
+        assert_eq!(from_file.credentials, Path::new("/opt/key.json"), "the config file wins");
+        assert_eq!(from_file.firestore_emulator_host, "[::1]:9000");
     }
 
     #[test]
