@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use chrono::{Timelike, Utc};
-use common::app::{listen, next_json, publisher, send, wait_processor};
+use chrono::Utc;
+use common::app::{android_schedule, control_at, listen, next_json, next_schedulable_minute, publisher, send, wait_processor};
 use common::firebase::Firebase;
 use common::slack::SlackServer;
 use common::weather::WeatherServer;
@@ -65,19 +65,11 @@ async fn a_schedule_written_by_the_android_app_fires_and_alarms_land_in_firestor
     expect_message(&mut state, "smarthomed/appliance/state", "000000000").await;
 
     // As the Android app writes it: the document id is the title.
-    let at = (Utc::now() + chrono::Duration::seconds(75)).with_second(0).unwrap().with_nanosecond(0).unwrap();
-    let schedule = json!({
-        "title": "아침", "name": "Hong-Gil-Dong", "repeat": false, "modeNum": 0, "enabled": true,
-        "startTime": at.format("%H%M").to_string(), "activeDate": at.format("%Y.%m.%d").to_string(),
-        "daysOfWeek": [false, false, false, false, false, false, false],
-        "airconEnable": true, "airconWindPower": 5, "lightEnable": false, "lightBrightness": 0,
-        "lightColor": 0, "lightMode": 0, "windowOpen": true, "gasValveEnable": false
-    });
+    let at = next_schedulable_minute();
+    let schedule = android_schedule("아침", &at.format("%H%M").to_string(), &at.format("%Y.%m.%d").to_string());
     firebase.write("schedule_mode", "아침", &schedule).await;
 
-    let wait = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(20);
-    let control = tokio::time::timeout(wait, appliance.recv()).await.expect("no control at the scheduled minute").unwrap();
-    assert_eq!(control.1, "015200012");
+    assert_eq!(control_at(&mut appliance, at).await, "015200012");
     assert!(Utc::now() >= at, "ran before its time");
     wait_for_async(Duration::from_secs(10), "the one-off schedule to be deleted", || async {
         firebase.list("schedule_mode").await.is_empty().then_some(())

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::{Timelike, Utc};
-use common::app::{listen, next_json, publisher, send, wait_processor};
+use common::app::{android_schedule, control_at, listen, next_json, next_schedulable_minute, publisher, send, wait_processor};
 use common::slack::SlackServer;
 use common::{Daemon, FAST_SUPERVISOR, expect_message};
 use serde_json::json;
@@ -18,15 +18,6 @@ async fn start() -> Daemon {
     daemon.wait_children(&["broker", "processor", "syncer"]).await;
     daemon.wait_broker().await;
     daemon
-}
-
-fn schedule(title: &str, start: &str, date: &str) -> serde_json::Value {
-    json!({
-        "title": title, "name": "test", "repeat": false, "modeNum": 0, "enabled": true,
-        "startTime": start, "activeDate": date, "daysOfWeek": [false, false, false, false, false, false, false],
-        "airconEnable": true, "airconWindPower": 5, "lightEnable": false, "lightBrightness": 0,
-        "lightColor": 0, "lightMode": 0, "windowOpen": true, "gasValveEnable": false
-    })
 }
 
 #[tokio::test]
@@ -41,17 +32,15 @@ async fn a_one_off_schedule_for_the_next_minute_runs_once_and_is_deleted() {
     expect_message(&mut state, "smarthomed/appliance/state", "000000000").await;
 
     // At least 15 s ahead, so the schedule is stored before its minute begins.
-    let at = (Utc::now() + chrono::Duration::seconds(75)).with_second(0).unwrap().with_nanosecond(0).unwrap();
-    let document = schedule("test-once", &at.format("%H%M").to_string(), &at.format("%Y.%m.%d").to_string());
+    let at = next_schedulable_minute();
+    let document = android_schedule("test-once", &at.format("%H%M").to_string(), &at.format("%Y.%m.%d").to_string());
     send(&app, "webos/server/info", json!({"Producer": "android", "command": "schedule_add", "schedule": document}).to_string()).await;
     let added = next_json(&mut replies, "webos/android/info").await;
     assert_eq!(added["command"], "schedule_added", "{added}");
     assert_eq!(added["schedule"], document);
 
     // Aircon on at 5 and window open; the light and the gas valve are already off.
-    let wait = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(20);
-    let control = tokio::time::timeout(wait, appliance.recv()).await.expect("no control at the scheduled minute").unwrap();
-    assert_eq!(control.1, "015200012");
+    assert_eq!(control_at(&mut appliance, at).await, "015200012");
     assert!(Utc::now() >= at, "ran before its time");
     assert!(
         tokio::time::timeout(Duration::from_secs(3), appliance.recv()).await.is_err(),
@@ -77,7 +66,7 @@ async fn schedules_and_modes_are_edited_over_mqtt() {
         }
     }
 
-    let later = schedule("weekly", "0700", "2030.01.01");
+    let later = android_schedule("weekly", "0700", "2030.01.01");
     let mut repeating = later.clone();
     repeating["repeat"] = json!(true);
     repeating.as_object_mut().unwrap().remove("activeDate");
@@ -130,7 +119,7 @@ async fn schedules_and_modes_are_edited_over_mqtt() {
 
 /// A repeating every-day schedule starting at `at` (UTC), as the Android app writes it.
 fn daily(title: &str, at: chrono::DateTime<Utc>, mode_num: u8) -> serde_json::Map<String, serde_json::Value> {
-    let mut document = schedule(title, &at.format("%H%M").to_string(), "");
+    let mut document = android_schedule(title, &at.format("%H%M").to_string(), "");
     document["repeat"] = json!(true);
     document["modeNum"] = json!(mode_num);
     document["daysOfWeek"] = json!([true, true, true, true, true, true, true]);
@@ -196,12 +185,11 @@ async fn a_run_is_not_repeated_when_the_processor_restarts_right_after_it() {
     let app = publisher(&daemon, "app-pub").await;
     wait_processor(&app, &mut replies).await;
 
-    let at = (Utc::now() + chrono::Duration::seconds(75)).with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let at = next_schedulable_minute();
     let document = serde_json::Value::Object(daily("every-day", at, 0));
     send(&app, "webos/server/info", json!({"Producer": "android", "command": "schedule_add", "schedule": document}).to_string()).await;
     assert_eq!(next_json(&mut replies, "webos/android/info").await["command"], "schedule_added");
-    let wait = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(20);
-    tokio::time::timeout(wait, appliance.recv()).await.expect("no control at the scheduled minute");
+    control_at(&mut appliance, at).await;
 
     let processor = daemon.children()["processor"];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(processor as i32), nix::sys::signal::Signal::SIGKILL).unwrap();

@@ -161,7 +161,7 @@ impl FirestoreDocuments {
             .map_err(|err| failed(format!("connect to Firestore project {project_id}"), err))?;
         Ok(Self {
             db,
-            retry_delay: Duration::from_secs(1),
+            retry_delay: Duration::from_secs(5),
             token_refused,
         })
     }
@@ -178,7 +178,7 @@ impl FirestoreDocuments {
         failed(operation, err)
     }
 
-    /// How long a listener waits before it reconnects (one second by default).
+    /// How long a listener waits before it reconnects (5 s by default).
     pub fn with_listener_retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Timelike, Utc};
 use rumqttc::{AsyncClient, QoS};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{Daemon, connect, subscriber};
 
@@ -65,3 +66,31 @@ pub async fn wait_processor(client: &AsyncClient, replies: &mut Messages) {
     while replies.try_recv().is_ok() {}
 }
 
+
+/// A schedule document in the Android app's format: aircon on at 5 and the window open,
+/// the light and the gas valve left alone; one-off on `date` ("YYYY.MM.DD").
+pub fn android_schedule(title: &str, start: &str, date: &str) -> Value {
+    json!({
+        "title": title, "name": "test", "repeat": false, "modeNum": 0, "enabled": true,
+        "startTime": start, "activeDate": date, "daysOfWeek": [false, false, false, false, false, false, false],
+        "airconEnable": true, "airconWindPower": 5, "lightEnable": false, "lightBrightness": 0,
+        "lightColor": 0, "lightMode": 0, "windowOpen": true, "gasValveEnable": false
+    })
+}
+
+/// The first whole minute at least 15 s ahead (UTC), so that a schedule stored now is in
+/// place before its minute begins.
+pub fn next_schedulable_minute() -> DateTime<Utc> {
+    let at = Utc::now() + chrono::Duration::seconds(75);
+    at.with_second(0).and_then(|at| at.with_nanosecond(0)).expect("a whole minute")
+}
+
+/// The next control the appliance receives, which must come by 20 s after `at`.
+pub async fn control_at(appliance: &mut Messages, at: DateTime<Utc>) -> String {
+    let wait = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(20);
+    let (_, control, _) = tokio::time::timeout(wait, appliance.recv())
+        .await
+        .expect("no control at the scheduled minute")
+        .expect("subscription ended");
+    control
+}
