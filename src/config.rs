@@ -546,10 +546,10 @@ impl Config {
     /// clear error at startup than a child failing later.
     fn resolve_firebase(&mut self, env: &SecretEnv) -> Result<(), ConfigError> {
         let firebase = &mut self.firebase;
-        if firebase.firestore_emulator_host.is_empty() {
-            if let Some(host) = &env.firestore_emulator_host {
-                firebase.firestore_emulator_host = host.clone();
-            }
+        if firebase.firestore_emulator_host.is_empty()
+            && let Some(host) = &env.firestore_emulator_host
+        {
+            firebase.firestore_emulator_host = host.clone();
         }
         if firebase.credentials.as_os_str().is_empty() {
             let from_credentials = env.credentials_dir.as_ref().map(|dir| dir.join(FIREBASE_KEY_FILE));

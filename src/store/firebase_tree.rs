@@ -8,7 +8,9 @@
 //! past the keep-alive period, `cancel` (rules now refuse the read), `auth_revoked`
 //! (the token expired: a new one is fetched) and malformed events. It reconnects with
 //! backoff, and since the first event of every stream is the whole subtree, the state
-//! is re-read on every reconnect and no change is lost.
+//! is re-read on every reconnect and no change is lost. Its owner hears of an outage
+//! through a [`StreamReporter`]: once when the stream is lost, once when it is back
+//! (an `auth_revoked` is routine and not reported).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -292,11 +294,11 @@ impl<A: AccessTokens> RealtimeTree for FirebaseTree<A> {
                     (backoff.next_delay(), Some(err.to_string()))
                 }
             };
-            if let Some(reason) = trouble {
-                if outage.is_none() {
-                    (self.reporter)(StreamReport::Lost { path: path.to_string(), reason: reason.clone() });
-                    outage = Some(reason);
-                }
+            if let Some(reason) = trouble
+                && outage.is_none()
+            {
+                (self.reporter)(StreamReport::Lost { path: path.to_string(), reason: reason.clone() });
+                outage = Some(reason);
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

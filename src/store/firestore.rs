@@ -2,10 +2,11 @@
 //! the collections the Android and webOS apps read (`user_account`, `modes`,
 //! `schedule_mode`, `appliance_alarm`) stay where they are.
 //!
-//! Documents are plain JSON objects here and Firestore maps there, converted by the
-//! crate's serde support: strings, numbers (integers stay integers), booleans, null,
-//! arrays and maps round-trip unchanged; Firestore-only types written by other clients
-//! (timestamps, references, geo points) arrive as their JSON renderings.
+//! Documents are plain JSON objects here and Firestore maps there: strings, numbers
+//! (integers stay integers), booleans, null, arrays and maps round-trip unchanged.
+//! Firestore-only types written by other clients (timestamps, references, geo points)
+//! arrive as their JSON renderings; bytes, which JSON cannot hold, make a document
+//! unreadable (an error naming it).
 //!
 //! Access tokens come from [`AccessTokens`]: minted from the service-account key at its
 //! own `token_uri` in production, the emulator's conventional `owner` token otherwise.
@@ -13,7 +14,7 @@
 //! reconnects and resumes from the last resume token; [`Catchup`] turns its events into
 //! the interface's snapshot-then-changes contract.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +29,8 @@ use firestore::{
     FirestoreDb, FirestoreDbOptions, FirestoreListenerParams, FirestoreListenerTarget,
     FirestoreMemListenStateStorage, FirestoreValue, FirestoreWritePrecondition,
 };
-use serde::Deserialize;
 use futures_util::TryStreamExt;
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -123,8 +124,17 @@ fn to_value(json: serde_json::Value) -> Value {
     }
 }
 
-fn to_fields(document: Document) -> std::collections::HashMap<String, Value> {
+fn to_fields(document: Document) -> HashMap<String, Value> {
     document.into_iter().map(|(name, value)| (name, to_value(value))).collect()
+}
+
+/// Firestore values to JSON, by the crate's serde support (timestamps become RFC 3339
+/// text, geo points `{latitude, longitude}`, references their path). Only the fields:
+/// the crate's whole-document decoding adds `_firestore_*` ones.
+fn from_fields(fields: HashMap<String, Value>) -> Result<Document, FirestoreError> {
+    Document::deserialize(FirestoreValue::from(Value {
+        value_type: Some(ValueType::MapValue(MapValue { fields })),
+    }))
 }
 
 fn is_refused_token(err: &FirestoreError) -> bool {
@@ -194,13 +204,7 @@ impl FirestoreDocuments {
             location: document.name.clone(),
             reason: format!("not a document of {collection}"),
         })?;
-        // The fields alone: the crate's document decoding adds `_firestore_*` fields.
-        let fields = FirestoreValue::from(Value {
-            value_type: Some(ValueType::MapValue(MapValue {
-                fields: document.fields.clone(),
-            })),
-        });
-        let fields = Document::deserialize(fields).map_err(|err| StoreError::Corrupt {
+        let fields = from_fields(document.fields.clone()).map_err(|err| StoreError::Corrupt {
             location: format!("{collection}/{id}"),
             reason: err.to_string(),
         })?;
@@ -333,14 +337,22 @@ impl DocumentStore for FirestoreDocuments {
                 ResponseType::TargetChange(change) => Heard::Target(TargetHeard::from(&change)),
                 ResponseType::DocumentChange(change) => {
                     let Some(document) = change.document else { continue };
+                    let Some(id) = self.document_id(collection, &document.name) else { continue };
+                    let id = id.to_owned();
                     if !change.target_ids.contains(&(LISTEN_TARGET as i32)) {
-                        continue;
-                    }
-                    match self.decode(collection, &document) {
-                        Ok((id, document)) => Heard::Set { id, document },
-                        Err(err) => {
-                            warn!(error = %err, "skipping an unreadable document");
+                        if change.removed_target_ids.contains(&(LISTEN_TARGET as i32)) {
+                            Heard::Gone { id }
+                        } else {
                             continue;
+                        }
+                    } else {
+                        match self.decode(collection, &document) {
+                            Ok((_, document)) => Heard::Set { id, document },
+                            // Another client wrote what JSON cannot hold (bytes): as good as gone.
+                            Err(err) => {
+                                warn!(error = %err, "a document that cannot be read counts as deleted");
+                                Heard::Gone { id }
+                            }
                         }
                     }
                 }
@@ -527,6 +539,36 @@ mod tests {
 
     fn events(catchup: &mut Catchup, heard: impl IntoIterator<Item = Heard>) -> Vec<DocumentEvent> {
         heard.into_iter().flat_map(|heard| catchup.hear(heard).deliver).collect()
+    }
+
+    #[test]
+    fn json_documents_round_trip_exactly() {
+        let document = doc(json!({
+            "name": "홍길동", "modeNum": 3, "big": i64::MAX, "ratio": 2.5, "whole": 2.0, "enabled": true,
+            "none": null, "daysOfWeek": [false, true, null, 7, {"nested": ["x"]}], "empty": {}, "list": []
+        }));
+        assert_eq!(from_fields(to_fields(document.clone())).unwrap(), document);
+    }
+
+    #[test]
+    fn firestore_only_values_arrive_as_their_json_renderings() {
+        use firestore::gcloud_sdk::google::firestore::v1::value::ValueType as Typed;
+        let typed = |value_type| super::Value { value_type: Some(value_type) };
+        let fields = HashMap::from([
+            (
+                "at".to_owned(),
+                typed(Typed::TimestampValue(firestore::gcloud_sdk::prost_types::Timestamp { seconds: 1_795_000_000, nanos: 0 })),
+            ),
+            (
+                "where".to_owned(),
+                typed(Typed::GeoPointValue(firestore::gcloud_sdk::google::r#type::LatLng { latitude: 37.5, longitude: 127.0 })),
+            ),
+            ("who".to_owned(), typed(Typed::ReferenceValue("projects/p/databases/(default)/documents/user_account/u".into()))),
+        ]);
+        let document = from_fields(fields).unwrap();
+        assert!(document["at"].as_str().is_some_and(|at| at.starts_with("2026-11-18T")), "{document:?}");
+        assert_eq!(document["where"], json!({"latitude": 37.5, "longitude": 127.0}));
+        assert_eq!(document["who"], "projects/p/databases/(default)/documents/user_account/u");
     }
 
     #[test]

@@ -95,10 +95,10 @@ fn start() -> Result<String, String> {
             let mut ready_sender = Some(ready_sender);
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if line.contains(READY_LINE) {
-                    if let Some(sender) = ready_sender.take() {
-                        let _ = sender.send(Ok(()));
-                    }
+                if line.contains(READY_LINE)
+                    && let Some(sender) = ready_sender.take()
+                {
+                    let _ = sender.send(Ok(()));
                 }
             }
             let status = child.wait();
