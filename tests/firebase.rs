@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use chrono::Utc;
 use common::app::{android_schedule, control_at, listen, next_json, next_schedulable_minute, publisher, send, wait_processor};
 use common::firebase::Firebase;
+use common::proxy::CuttableProxy;
 use common::slack::SlackServer;
 use common::weather::WeatherServer;
 use common::{Daemon, FAST_SUPERVISOR, expect_message, wait_for, wait_for_async};
@@ -172,4 +173,30 @@ async fn stream_troubles_are_survived_and_reported() {
     assert_eq!(daemon.children().len(), 3, "a child died");
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn the_processor_waits_for_an_unreachable_firestore_and_alerts_once() {
+    let firebase = Firebase::start().await;
+    let slack = SlackServer::start().await;
+    let port = common::free_port();
+    let unreachable = format!("127.0.0.1:{port}");
+    let config = firebase.config().replace(firebase.emulator, &unreachable);
+    let daemon = Daemon::start("run", "", &format!("{config}{FAST_SUPERVISOR}{}", slack.config()));
+    daemon.wait_broker().await;
+    wait_for(Duration::from_secs(15), "the alert", || slack.texts_containing("cannot connect to Firestore").first().cloned()).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(slack.texts_containing("cannot connect to Firestore").len(), 1, "alerted once per outage");
+    let processor = daemon.children()["processor"];
+
+    // The network comes up: the same processor connects and serves.
+    let _route = CuttableProxy::start_on(port, firebase.emulator).await;
+    firebase.write("user_account", "uid-1", &json!({"name": "Kim"})).await;
+    let mut replies = listen(&daemon, "app", "webos/+/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+    send(&app, "webos/server/info", r#"{"Producer":"car","command":"signin","UID":"uid-1"}"#).await;
+    assert_eq!(next_json(&mut replies, "webos/car/info").await["name"], "Kim");
+    wait_for(Duration::from_secs(15), "the recovery alert", || slack.texts_containing("Firestore is reachable again").first().cloned()).await;
+    assert_eq!(daemon.children()["processor"], processor, "the processor was restarted instead of waiting");
 }

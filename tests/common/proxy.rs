@@ -17,7 +17,12 @@ pub struct CuttableProxy {
 
 impl CuttableProxy {
     pub async fn start(target: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        Self::start_on(0, target).await
+    }
+
+    /// As [`CuttableProxy::start`], on `port` (0: any free one).
+    pub async fn start_on(port: u16, target: &str) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind the proxy");
         let host = listener.local_addr().expect("proxy address").to_string();
         let (cuts, _) = watch::channel(0u64);
         let accepted = Arc::new(AtomicUsize::new(0));
