@@ -541,6 +541,21 @@ mod tests {
         heard.into_iter().flat_map(|heard| catchup.hear(heard).deliver).collect()
     }
 
+    #[tokio::test]
+    async fn requests_carry_the_current_access_token_or_the_emulators() {
+        let bearer = |provider: BearerHeader<FixedToken>| async move {
+            let CacheableResource::New { data, .. } = provider.headers(http::Extensions::new()).await.unwrap() else {
+                panic!("no headers")
+            };
+            let value = data[http::header::AUTHORIZATION].clone();
+            assert!(value.is_sensitive(), "a token must never be logged");
+            value.to_str().unwrap().to_owned()
+        };
+        let minted = BearerHeader { tokens: Some(Arc::new(FixedToken(Some("ya29.minted".into())))) };
+        assert_eq!(bearer(minted).await, "Bearer ya29.minted");
+        assert_eq!(bearer(BearerHeader { tokens: None }).await, "Bearer owner");
+    }
+
     #[test]
     fn json_documents_round_trip_exactly() {
         let document = doc(json!({
