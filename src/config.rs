@@ -556,7 +556,8 @@ impl Config {
             firebase.credentials = env
                 .google_application_credentials
                 .clone()
-                .or(from_credentials.filter(|path| path.exists()))
+                // An empty credential file counts as unset, as for every secret.
+                .or(from_credentials.filter(|path| path.metadata().is_ok_and(|meta| meta.len() > 0)))
                 .unwrap_or_else(|| self.secrets.keys_dir.join(FIREBASE_KEY_FILE));
         }
         if self.store.backend != Backend::Firebase {
@@ -656,6 +657,13 @@ impl Config {
                 .map_err(|err| invalid("firebase.database_url", format!("not a URL: {err}")))?;
             if !matches!(url.scheme(), "https" | "http") {
                 return Err(invalid("firebase.database_url", "must be an https:// (or http://) URL"));
+            }
+        }
+        let emulator = &firebase.firestore_emulator_host;
+        if !emulator.is_empty() {
+            let url = if emulator.contains("://") { emulator.clone() } else { format!("http://{emulator}") };
+            if url::Url::parse(&url).ok().and_then(|url| url.port()).is_none() {
+                return Err(invalid("firebase.firestore_emulator_host", format!("{emulator:?} is not host:port")));
             }
         }
         if self.store.backend != Backend::Firebase {
@@ -1020,6 +1028,8 @@ mod tests {
             ..SecretEnv::default()
         };
         assert_eq!(resolved(&with_credential, "").credentials, keys.join(FIREBASE_KEY_FILE), "absent credential");
+        std::fs::write(creds.path().join(FIREBASE_KEY_FILE), "").unwrap();
+        assert_eq!(resolved(&with_credential, "").credentials, keys.join(FIREBASE_KEY_FILE), "empty credential");
         std::fs::write(creds.path().join(FIREBASE_KEY_FILE), "{}").unwrap();
         assert_eq!(resolved(&with_credential, "").credentials, creds.path().join(FIREBASE_KEY_FILE));
 

@@ -200,6 +200,7 @@ fn the_firebase_backend_needs_its_project_and_database() {
         ("[store]\nbackend = \"firebase\"\n[firebase]\ndatabase_url = \"https://x.firebaseio.com\"\n", "firebase.project_id"),
         ("[store]\nbackend = \"firebase\"\n[firebase]\nproject_id = \"x\"\n", "firebase.database_url"),
         ("[firebase]\ndatabase_url = \"ftp://x\"\n", "firebase.database_url"),
+        ("[firebase]\nfirestore_emulator_host = \"localhost\"\n", "firebase.firestore_emulator_host"),
         ("[store]\nbackend = \"cloud\"\n", "store.backend"),
     ] {
         let file = config_file(config);
