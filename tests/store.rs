@@ -226,7 +226,7 @@ mod firestore {
 
         for round in 0..2 {
             let accepted = proxy.accepted();
-            proxy.cut();
+            proxy.hold();
             // Changed while the listener is cut off: none of it may be lost.
             writer.set("modes", &format!("added-{round}"), doc(json!({"modeNum": 10 + round}))).await.unwrap();
             writer.set("modes", "kept", doc(json!({"modeNum": 100 + round}))).await.unwrap();
@@ -234,6 +234,10 @@ mod firestore {
                 writer.delete("modes", "doomed").await.unwrap();
             }
             let expected = writer.list("modes").await.unwrap();
+            // Long enough for the listener to notice and fail a reconnect or two.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            assert_eq!(proxy.accepted(), accepted, "relayed while held");
+            proxy.resume();
             // Apply everything heard until the listener's view equals the store's.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {

@@ -2,7 +2,7 @@
 //! when the network drops under it (the server itself stays up and keeps its data).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -12,6 +12,7 @@ pub struct CuttableProxy {
     pub host: String,
     cuts: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
+    holding: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -26,9 +27,13 @@ impl CuttableProxy {
         let host = listener.local_addr().expect("proxy address").to_string();
         let (cuts, _) = watch::channel(0u64);
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (target, cut_signal, counter) = (target.to_owned(), cuts.clone(), accepted.clone());
+        let holding = Arc::new(AtomicBool::new(false));
+        let (target, cut_signal, counter, held) = (target.to_owned(), cuts.clone(), accepted.clone(), holding.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if held.load(Ordering::SeqCst) {
+                    continue;
+                }
                 counter.fetch_add(1, Ordering::SeqCst);
                 let mut cut = cut_signal.subscribe();
                 let target = target.clone();
@@ -41,7 +46,13 @@ impl CuttableProxy {
                 });
             }
         });
-        Self { host, cuts, accepted, task }
+        Self {
+            host,
+            cuts,
+            accepted,
+            holding,
+            task,
+        }
     }
 
     /// Drops every open connection; new ones are relayed again.
@@ -49,7 +60,18 @@ impl CuttableProxy {
         self.cuts.send_modify(|generation| *generation += 1);
     }
 
-    /// Connections accepted so far.
+    /// Drops every open connection and refuses new ones until [`CuttableProxy::resume`]:
+    /// a network outage.
+    pub fn hold(&self) {
+        self.holding.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
+    pub fn resume(&self) {
+        self.holding.store(false, Ordering::SeqCst);
+    }
+
+    /// Connections relayed so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
