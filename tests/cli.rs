@@ -14,15 +14,8 @@ fn smarthomed(args: &[&str]) -> Output {
 }
 
 fn smarthomed_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
+    common::smarthomed_command()
         .args(args)
-        .env_remove("SMARTHOMED_CONFIG")
-        .env_remove("SMARTHOMED_SLACK_TOKEN")
-        .env_remove("SMARTHOMED_MQTT_PASSWORD")
-        .env_remove("SMARTHOMED_WEATHER_API_KEY")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
-        .env_remove("FIRESTORE_EMULATOR_HOST")
         .envs(env.iter().copied())
         .current_dir(std::env::temp_dir())
         .output()

@@ -26,6 +26,24 @@ use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_smarthomed");
 
+/// The daemon's binary with none of the caller's environment that it reads: the
+/// config path, secrets, systemd's credentials, Google's variables.
+pub fn smarthomed_command() -> Command {
+    let mut command = Command::new(BIN);
+    for var in [
+        "SMARTHOMED_CONFIG",
+        "SMARTHOMED_SLACK_TOKEN",
+        "SMARTHOMED_MQTT_PASSWORD",
+        "SMARTHOMED_WEATHER_API_KEY",
+        "CREDENTIALS_DIRECTORY",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "FIRESTORE_EMULATOR_HOST",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -142,18 +160,12 @@ impl Daemon {
         );
         std::fs::write(dir.path().join("smarthomed.toml"), config).expect("write config");
         let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let mut command = Command::new(BIN);
+        let mut command = smarthomed_command();
         command
             .arg(subcommand)
             .arg("-c")
             .arg(dir.path().join("smarthomed.toml"))
             .current_dir(dir.path())
-            .env_remove("SMARTHOMED_SLACK_TOKEN")
-            .env_remove("SMARTHOMED_MQTT_PASSWORD")
-            .env_remove("SMARTHOMED_WEATHER_API_KEY")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
-            .env_remove("FIRESTORE_EMULATOR_HOST")
             .env_remove("NOTIFY_SOCKET")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
