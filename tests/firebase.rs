@@ -179,9 +179,10 @@ async fn stream_troubles_are_survived_and_reported() {
 async fn the_processor_waits_for_an_unreachable_firestore_and_alerts_once() {
     let firebase = Firebase::start().await;
     let slack = SlackServer::start().await;
-    let port = common::free_port();
-    let unreachable = format!("127.0.0.1:{port}");
-    let config = firebase.config().replace(firebase.emulator, &unreachable);
+    // A network that accepts connections and then drops them.
+    let route = CuttableProxy::start(firebase.emulator).await;
+    route.hold();
+    let config = firebase.config().replace(firebase.emulator, &route.host);
     let daemon = Daemon::start("run", "", &format!("{config}{FAST_SUPERVISOR}{}", slack.config()));
     daemon.wait_broker().await;
     wait_for(Duration::from_secs(15), "the alert", || slack.texts_containing("cannot connect to Firestore").first().cloned()).await;
@@ -190,7 +191,7 @@ async fn the_processor_waits_for_an_unreachable_firestore_and_alerts_once() {
     let processor = daemon.children()["processor"];
 
     // The network comes up: the same processor connects and serves.
-    let _route = CuttableProxy::start_on(port, firebase.emulator).await;
+    route.resume();
     firebase.write("user_account", "uid-1", &json!({"name": "Kim"})).await;
     let mut replies = listen(&daemon, "app", "webos/+/+").await;
     let app = publisher(&daemon, "app-pub").await;

@@ -34,6 +34,7 @@ use crate::alert::Alert;
 use crate::child_context::ChildContext;
 use crate::mqtt::{self, Acker, Link, MqttError};
 use crate::protocol::topics;
+use crate::schedule::model::MODES;
 use crate::backoff::Backoff;
 use crate::config::Backend;
 use crate::store::embedded::EmbeddedDocuments;
@@ -71,8 +72,8 @@ pub async fn run(context: ChildContext, shutdown: CancellationToken) -> Result<(
     }
 }
 
-/// Connects to Firestore, retrying with backoff (a home server often boots before its
-/// network is up) and alerting once; `None` if shut down first.
+/// Connects to Firestore and reads from it, retrying with backoff (a home server often
+/// boots before its network is up) and alerting once; `None` if shut down first.
 async fn connect_firestore(
     context: &ChildContext,
     shutdown: &CancellationToken,
@@ -88,7 +89,13 @@ async fn connect_firestore(
         } else {
             FirestoreDocuments::emulator(&firebase.project_id, &firebase.firestore_emulator_host, timeout).await
         };
-        match connected {
+        // One read proves what connecting does not: the project, its database, the key's
+        // rights (a wrong project id would otherwise read as missing documents).
+        let usable = match connected {
+            Ok(store) => store.list(MODES).await.map(|_| store),
+            Err(err) => Err(err),
+        };
+        match usable {
             Ok(store) => {
                 if alerted {
                     context.alerter.raise(Alert::new(ROLE, "Firestore is reachable again", ""));
