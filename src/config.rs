@@ -549,6 +549,7 @@ impl Config {
         if firebase.firestore_emulator_host.is_empty()
             && let Some(host) = &env.firestore_emulator_host
         {
+            check_emulator_host(host)?;
             firebase.firestore_emulator_host = host.clone();
         }
         if firebase.credentials.as_os_str().is_empty() {
@@ -659,13 +660,7 @@ impl Config {
                 return Err(invalid("firebase.database_url", "must be an https:// (or http://) URL"));
             }
         }
-        let emulator = &firebase.firestore_emulator_host;
-        if !emulator.is_empty() {
-            let url = if emulator.contains("://") { emulator.clone() } else { format!("http://{emulator}") };
-            if url::Url::parse(&url).ok().and_then(|url| url.port()).is_none() {
-                return Err(invalid("firebase.firestore_emulator_host", format!("{emulator:?} is not host:port")));
-            }
-        }
+        check_emulator_host(&firebase.firestore_emulator_host)?;
         if self.store.backend != Backend::Firebase {
             return Ok(());
         }
@@ -849,6 +844,21 @@ fn serde_variant(anonymous: Anonymous) -> &'static str {
         Anonymous::Loopback => "loopback",
         Anonymous::Always => "always",
         Anonymous::Never => "never",
+    }
+}
+
+/// A Firestore emulator is named `host:port` (as $FIRESTORE_EMULATOR_HOST); empty: none.
+fn check_emulator_host(host: &str) -> Result<(), ConfigError> {
+    if host.is_empty() {
+        return Ok(());
+    }
+    let url = if host.contains("://") { host.to_owned() } else { format!("http://{host}") };
+    match url::Url::parse(&url).ok().and_then(|url| url.port()) {
+        Some(_) => Ok(()),
+        None => Err(invalid(
+            "firebase.firestore_emulator_host",
+            format!("{host:?} (from the config or $FIRESTORE_EMULATOR_HOST) is not host:port"),
+        )),
     }
 }
 
@@ -1042,6 +1052,13 @@ mod tests {
         let from_env = resolved(&google, "");
         assert_eq!(from_env.credentials, Path::new("/etc/gcp/key.json"));
         assert_eq!(from_env.firestore_emulator_host, "127.0.0.1:8080");
+        let mut config = parse(&text).unwrap();
+        let bad_env = SecretEnv {
+            firestore_emulator_host: Some("localhost".into()),
+            ..SecretEnv::default()
+        };
+        let err = config.resolve_secrets(&bad_env).unwrap_err().to_string();
+        assert!(err.contains("firebase.firestore_emulator_host") && err.contains("FIRESTORE_EMULATOR_HOST"), "{err}");
         let from_file = resolved(&google, "[firebase]\ncredentials = \"/opt/key.json\"\nfirestore_emulator_host = \"[::1]:9000\"\n");
         assert_eq!(from_file.credentials, Path::new("/opt/key.json"), "the config file wins");
         assert_eq!(from_file.firestore_emulator_host, "[::1]:9000");
