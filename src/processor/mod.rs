@@ -82,10 +82,15 @@ async fn connect_firestore(
     let timeout = Duration::from_secs(firebase.timeout_secs);
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut alerted = false;
+    // Read once: every attempt shares the key and its cached token.
+    let tokens = if firebase.firestore_emulator_host.is_empty() {
+        Some(Arc::new(ServiceAccountTokens::from_file(&firebase.credentials, FIRESTORE_SCOPES)?))
+    } else {
+        None
+    };
     loop {
-        let connected = if firebase.firestore_emulator_host.is_empty() {
-            let tokens = ServiceAccountTokens::from_file(&firebase.credentials, FIRESTORE_SCOPES)?;
-            FirestoreDocuments::connect(&firebase.project_id, Endpoint::Google { tokens }, timeout).await
+        let connected = if let Some(tokens) = &tokens {
+            FirestoreDocuments::connect(&firebase.project_id, Endpoint::Google { tokens: tokens.clone() }, timeout).await
         } else {
             FirestoreDocuments::emulator(&firebase.project_id, &firebase.firestore_emulator_host, timeout).await
         };

@@ -44,6 +44,17 @@ impl AccessTokens for FixedToken {
     fn invalidate(&self) {}
 }
 
+/// Shared tokens: one cache for every holder.
+impl<A: AccessTokens> AccessTokens for std::sync::Arc<A> {
+    async fn token(&self) -> Result<Option<String>, StoreError> {
+        A::token(self).await
+    }
+
+    fn invalidate(&self) {
+        A::invalidate(self)
+    }
+}
+
 #[derive(Deserialize)]
 struct KeyFile {
     #[serde(rename = "type")]
