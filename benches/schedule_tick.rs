@@ -58,6 +58,10 @@ fn main() {
     next_times.sort();
     let median = |times: &[Duration]| times[times.len() / 2].as_secs_f64() * 1000.0;
     println!("schedule tick over {count} schedules ({})", if full { "release" } else { "smoke run" });
-    println!("  due in the last minute: median {:.2} ms ({} due per tick on average)", median(&due_times), due_count / rounds);
+    println!(
+        "  due in the last minute: median {:.2} ms ({} due per tick on average)",
+        median(&due_times),
+        due_count / rounds
+    );
     println!("  next due time:          median {:.2} ms", median(&next_times));
 }

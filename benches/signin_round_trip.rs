@@ -133,7 +133,11 @@ async fn measure(daemon: &Daemon, (sequential, pipelined, window): (usize, usize
     }
     let rate = pipelined as f64 / started.elapsed().as_secs_f64();
 
-    println!("  sequential, {sequential} round trips: p50 {:.3} ms, p99 {:.3} ms", ms(percentile(&latencies, 0.50)), ms(percentile(&latencies, 0.99)));
+    println!(
+        "  sequential, {sequential} round trips: p50 {:.3} ms, p99 {:.3} ms",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99))
+    );
     println!("  pipelined, {pipelined} signins, {window} in flight: {rate:.0} replies/s");
     let mut children: Vec<_> = daemon.children().into_iter().collect();
     children.sort();

@@ -18,11 +18,7 @@ impl Backoff {
     /// `max` below `initial` is treated as `initial`, so the delay never shrinks.
     pub fn new(initial: Duration, max: Duration) -> Self {
         let max = max.max(initial);
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
+        Self { initial, max, next: initial }
     }
 
     /// The delay to wait now; the one after it is twice as long, up to the cap.

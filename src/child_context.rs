@@ -24,20 +24,14 @@ impl ChildContext {
     /// Builds the context from the process environment; the alert forwarder runs in
     /// `tasks` until the last clone of the context is dropped.
     pub fn from_env(config: Config, tasks: &TaskTracker) -> Self {
-        let internal_password = std::env::var(INTERNAL_PASSWORD_ENV)
-            .ok()
-            .filter(|password| !password.is_empty())
-            .map(Secret::new);
+        let internal_password =
+            std::env::var(INTERNAL_PASSWORD_ENV).ok().filter(|password| !password.is_empty()).map(Secret::new);
         let (alerter, mut queue) = Alerter::channel(ALERT_QUEUE);
         tasks.spawn(async move {
             while let Some(alert) = queue.recv().await {
                 alert::report_to_supervisor(&alert);
             }
         });
-        Self {
-            config: Arc::new(config),
-            internal_password,
-            alerter,
-        }
+        Self { config: Arc::new(config), internal_password, alerter }
     }
 }

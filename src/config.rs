@@ -24,31 +24,17 @@ pub const INTERNAL_MQTT_USER: &str = "smarthomed";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {key}: {message}")]
-    Parse {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Parse { path: PathBuf, key: String, message: String },
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
     #[error("cannot read secret {name} from {path}: {source}")]
-    SecretFile {
-        name: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    SecretFile { name: &'static str, path: PathBuf, source: std::io::Error },
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { key, reason: reason.into() }
 }
 
 /// A secret value: never shown in logs, errors or `check-config` output.
@@ -223,10 +209,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            backend: Backend::Embedded,
-            dir: "data".into(),
-        }
+        Self { backend: Backend::Embedded, dir: "data".into() }
     }
 }
 
@@ -356,11 +339,7 @@ pub struct ScheduleConfig {
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self {
-            timezone: String::new(),
-            grace_secs: 300,
-            max_sleep_secs: 300,
-        }
+        Self { timezone: String::new(), grace_secs: 300, max_sleep_secs: 300 }
     }
 }
 
@@ -443,9 +422,7 @@ pub struct SecretsConfig {
 
 impl Default for SecretsConfig {
     fn default() -> Self {
-        Self {
-            keys_dir: "keys".into(),
-        }
+        Self { keys_dir: "keys".into() }
     }
 }
 
@@ -485,10 +462,7 @@ impl SecretEnv {
     }
 
     fn var(&self, name: &str) -> Option<&str> {
-        self.vars
-            .iter()
-            .find(|(key, value)| key == name && !value.is_empty())
-            .map(|(_, value)| value.as_str())
+        self.vars.iter().find(|(key, value)| key == name && !value.is_empty()).map(|(_, value)| value.as_str())
     }
 }
 
@@ -498,22 +472,19 @@ impl Config {
         let Some(path) = path else {
             return Ok(Self::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         let deserializer = toml::Deserializer::new(text);
-        let config: Config =
-            serde_path_to_error::deserialize(deserializer).map_err(|err| ConfigError::Parse {
-                path: origin.to_owned(),
-                key: err.path().to_string(),
-                message: err.into_inner().to_string().trim().to_owned(),
-            })?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| ConfigError::Parse {
+            path: origin.to_owned(),
+            key: err.path().to_string(),
+            message: err.into_inner().to_string().trim().to_owned(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -596,19 +567,13 @@ impl Config {
             return Err(invalid("supervisor.backoff_initial_ms", "must be at least 1"));
         }
         if sup.backoff_max_ms < sup.backoff_initial_ms {
-            return Err(invalid(
-                "supervisor.backoff_max_ms",
-                "must not be below supervisor.backoff_initial_ms",
-            ));
+            return Err(invalid("supervisor.backoff_max_ms", "must not be below supervisor.backoff_initial_ms"));
         }
         if sup.log_tail_lines == 0 {
             return Err(invalid("supervisor.log_tail_lines", "must be at least 1"));
         }
         if self.mqtt.reconnect_max_ms < self.mqtt.reconnect_initial_ms {
-            return Err(invalid(
-                "mqtt.reconnect_max_ms",
-                "must not be below mqtt.reconnect_initial_ms",
-            ));
+            return Err(invalid("mqtt.reconnect_max_ms", "must not be below mqtt.reconnect_initial_ms"));
         }
         if self.mqtt.keep_alive_secs == 0 {
             return Err(invalid("mqtt.keep_alive_secs", "must be at least 1"));
@@ -695,13 +660,16 @@ impl Config {
             (None, Some(_)) => return Err(invalid("weather.lat", "is needed with weather.lon")),
         }
         if weather.interval_secs < 60 {
-            return Err(invalid("weather.interval_secs", "must be at least 60 (OpenWeatherMap updates every 10 minutes)"));
+            return Err(invalid(
+                "weather.interval_secs",
+                "must be at least 60 (OpenWeatherMap updates every 10 minutes)",
+            ));
         }
         if weather.timeout_secs == 0 || weather.retry_initial_ms == 0 {
             return Err(invalid("weather.timeout_secs", "timeouts and retry delays must be at least 1"));
         }
-        let url = url::Url::parse(&weather.api_url)
-            .map_err(|err| invalid("weather.api_url", format!("not a URL: {err}")))?;
+        let url =
+            url::Url::parse(&weather.api_url).map_err(|err| invalid("weather.api_url", format!("not a URL: {err}")))?;
         if !matches!(url.scheme(), "https" | "http") {
             return Err(invalid("weather.api_url", "must be an https:// (or http://) URL"));
         }
@@ -710,8 +678,8 @@ impl Config {
 
     fn validate_slack(&self) -> Result<(), ConfigError> {
         let slack = &self.slack;
-        let url = url::Url::parse(&slack.api_url)
-            .map_err(|err| invalid("slack.api_url", format!("not a URL: {err}")))?;
+        let url =
+            url::Url::parse(&slack.api_url).map_err(|err| invalid("slack.api_url", format!("not a URL: {err}")))?;
         if !matches!(url.scheme(), "https" | "http") {
             return Err(invalid("slack.api_url", "must be an https:// (or http://) URL"));
         }
@@ -725,10 +693,7 @@ impl Config {
             return Err(invalid("slack.max_attempts", "must be at least 1"));
         }
         if slack.retry_max_ms < slack.retry_initial_ms {
-            return Err(invalid(
-                "slack.retry_max_ms",
-                "must not be below slack.retry_initial_ms",
-            ));
+            return Err(invalid("slack.retry_max_ms", "must not be below slack.retry_initial_ms"));
         }
         Ok(())
     }
@@ -768,19 +733,14 @@ impl Config {
                 ));
             }
             if !names.insert(user.name.as_str()) {
-                return Err(invalid(
-                    "broker.users.name",
-                    format!("user \"{}\" is listed twice", user.name),
-                ));
+                return Err(invalid("broker.users.name", format!("user \"{}\" is listed twice", user.name)));
             }
-            crate::broker::password::check_hash_format(user.password_hash.expose()).map_err(
-                |err| {
-                    invalid(
-                        "broker.users.password_hash",
-                        format!("user \"{}\": {err}; make one with `smarthomed hash-password`", user.name),
-                    )
-                },
-            )?;
+            crate::broker::password::check_hash_format(user.password_hash.expose()).map_err(|err| {
+                invalid(
+                    "broker.users.password_hash",
+                    format!("user \"{}\": {err}; make one with `smarthomed hash-password`", user.name),
+                )
+            })?;
         }
         if broker.anonymous == Anonymous::Always && !broker.users.is_empty() {
             return Err(invalid(
@@ -809,23 +769,16 @@ impl Config {
     fn validate_mqtt_url(&self) -> Result<(), ConfigError> {
         if self.mqtt.url.is_empty() {
             if !self.broker.embedded {
-                return Err(invalid(
-                    "mqtt.url",
-                    "must name the external broker when broker.embedded = false",
-                ));
+                return Err(invalid("mqtt.url", "must name the external broker when broker.embedded = false"));
             }
             return Ok(());
         }
-        let url = url::Url::parse(&self.mqtt.url)
-            .map_err(|err| invalid("mqtt.url", format!("not a URL: {err}")))?;
+        let url = url::Url::parse(&self.mqtt.url).map_err(|err| invalid("mqtt.url", format!("not a URL: {err}")))?;
         if !matches!(url.scheme(), "mqtt" | "mqtts" | "ws" | "wss") {
             return Err(invalid("mqtt.url", "scheme must be mqtt, mqtts, ws or wss"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(invalid(
-                "mqtt.url",
-                "must not carry credentials; use mqtt.username and mqtt.password",
-            ));
+            return Err(invalid("mqtt.url", "must not carry credentials; use mqtt.username and mqtt.password"));
         }
         if url.host_str().is_none() {
             return Err(invalid("mqtt.url", "has no host"));
@@ -990,10 +943,7 @@ mod tests {
         let keys = tempfile::tempdir().unwrap();
         std::fs::write(keys.path().join("slack_token"), "from-keys\n").unwrap();
         std::fs::write(keys.path().join("mqtt_password"), "pw-from-keys").unwrap();
-        let text = format!(
-            "[slack]\ntoken = \"from-file\"\n[secrets]\nkeys_dir = {:?}\n",
-            keys.path()
-        );
+        let text = format!("[slack]\ntoken = \"from-file\"\n[secrets]\nkeys_dir = {:?}\n", keys.path());
 
         let mut config = parse(&text).unwrap();
         config.resolve_secrets(&SecretEnv::default()).unwrap();
@@ -1001,10 +951,7 @@ mod tests {
         assert_eq!(config.mqtt.password.expose(), "pw-from-keys");
 
         std::fs::write(creds.path().join("slack_token"), "from-credentials").unwrap();
-        let env = SecretEnv {
-            credentials_dir: Some(creds.path().to_owned()),
-            ..SecretEnv::default()
-        };
+        let env = SecretEnv { credentials_dir: Some(creds.path().to_owned()), ..SecretEnv::default() };
         let mut config = parse(&text).unwrap();
         config.resolve_secrets(&env).unwrap();
         assert_eq!(config.slack.token.expose(), "from-credentials");
@@ -1033,10 +980,7 @@ mod tests {
         assert_eq!(nothing.firestore_emulator_host, "");
 
         let creds = tempfile::tempdir().unwrap();
-        let with_credential = SecretEnv {
-            credentials_dir: Some(creds.path().to_owned()),
-            ..SecretEnv::default()
-        };
+        let with_credential = SecretEnv { credentials_dir: Some(creds.path().to_owned()), ..SecretEnv::default() };
         assert_eq!(resolved(&with_credential, "").credentials, keys.join(FIREBASE_KEY_FILE), "absent credential");
         std::fs::write(creds.path().join(FIREBASE_KEY_FILE), "").unwrap();
         assert_eq!(resolved(&with_credential, "").credentials, keys.join(FIREBASE_KEY_FILE), "empty credential");
@@ -1053,13 +997,13 @@ mod tests {
         assert_eq!(from_env.credentials, Path::new("/etc/gcp/key.json"));
         assert_eq!(from_env.firestore_emulator_host, "127.0.0.1:8080");
         let mut config = parse(&text).unwrap();
-        let bad_env = SecretEnv {
-            firestore_emulator_host: Some("localhost".into()),
-            ..SecretEnv::default()
-        };
+        let bad_env = SecretEnv { firestore_emulator_host: Some("localhost".into()), ..SecretEnv::default() };
         let err = config.resolve_secrets(&bad_env).unwrap_err().to_string();
         assert!(err.contains("firebase.firestore_emulator_host") && err.contains("FIRESTORE_EMULATOR_HOST"), "{err}");
-        let from_file = resolved(&google, "[firebase]\ncredentials = \"/opt/key.json\"\nfirestore_emulator_host = \"[::1]:9000\"\n");
+        let from_file = resolved(
+            &google,
+            "[firebase]\ncredentials = \"/opt/key.json\"\nfirestore_emulator_host = \"[::1]:9000\"\n",
+        );
         assert_eq!(from_file.credentials, Path::new("/opt/key.json"), "the config file wins");
         assert_eq!(from_file.firestore_emulator_host, "[::1]:9000");
     }
@@ -1085,9 +1029,7 @@ mod tests {
 
     #[test]
     fn missing_config_file_is_a_clear_error() {
-        let err = Config::load(Some(Path::new("/nonexistent/smarthomed.toml")))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(Some(Path::new("/nonexistent/smarthomed.toml"))).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/smarthomed.toml"), "{err}");
     }
 }

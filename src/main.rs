@@ -20,7 +20,10 @@ use smarthomed::{broker, processor, supervisor, syncer};
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
-#[command(version, about = "Self-hosted smart-home backend: embedded MQTT broker, command processor and syncer under one supervisor")]
+#[command(
+    version,
+    about = "Self-hosted smart-home backend: embedded MQTT broker, command processor and syncer under one supervisor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -149,10 +152,7 @@ fn hash_password() -> anyhow::Result<()> {
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
     // The supervisor stays on the main thread: PR_SET_PDEATHSIG fires when the thread
     // that spawned a child exits, so children must be spawned from one that never does.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
 }
 
 fn multi_thread() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -191,11 +191,8 @@ impl Write for LossyStderr {
 }
 
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| LossyStderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LossyStderr);
     // A child's lines are re-logged by the supervisor, which adds time and name;
     // journald stamps time itself.
     if std::env::var_os("SMARTHOMED_CHILD").is_some() {

@@ -20,7 +20,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS, Transport,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -86,11 +88,7 @@ pub fn client_options(
 
 fn external_options(url: &str, client_id: String) -> Result<MqttOptions, MqttError> {
     let parsed = url::Url::parse(url).map_err(|err| MqttError::Url(err.to_string()))?;
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| MqttError::Url("no host".into()))?
-        .trim_matches(['[', ']'])
-        .to_owned();
+    let host = parsed.host_str().ok_or_else(|| MqttError::Url("no host".into()))?.trim_matches(['[', ']']).to_owned();
     let (transport, default_port) = match parsed.scheme() {
         "mqtt" => (Transport::Tcp, 1883),
         "mqtts" => (Transport::tls_with_default_config(), 8883),
@@ -132,18 +130,8 @@ impl Acker {
 }
 
 impl Link {
-    pub fn new(
-        role: &'static str,
-        mut options: MqttOptions,
-        config: &Config,
-        alerter: Alerter,
-    ) -> Self {
-        options.set_last_will(LastWill::new(
-            availability_topic(role),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
+    pub fn new(role: &'static str, mut options: MqttOptions, config: &Config, alerter: Alerter) -> Self {
+        options.set_last_will(LastWill::new(availability_topic(role), "offline", QoS::AtLeastOnce, true));
         let (client, mut eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
         // A reply is an acknowledgement followed by a publish: with Nagle the second
         // small write waits for a delayed ACK, some 40 ms per message.
@@ -168,7 +156,12 @@ impl Link {
     /// A link whose broker session outlives the process (clean session off) and whose
     /// messages the consumer acknowledges: what was published for it while it was
     /// away, or received but not taken on, arrives when it is back.
-    pub fn persistent(role: &'static str, mut options: MqttOptions, config: &Config, alerter: Alerter) -> (Self, Acker) {
+    pub fn persistent(
+        role: &'static str,
+        mut options: MqttOptions,
+        config: &Config,
+        alerter: Alerter,
+    ) -> (Self, Acker) {
         options.set_clean_session(false);
         options.set_manual_acks(true);
         let link = Self::new(role, options, config, alerter);
@@ -368,9 +361,7 @@ struct LinkState {
 impl LinkState {
     fn announce(&mut self, client: &AsyncClient, role: &str, subscriptions: &[(String, QoS)]) {
         if self.to_subscribe {
-            let filters = subscriptions
-                .iter()
-                .map(|(filter, qos)| rumqttc::SubscribeFilter::new(filter.clone(), *qos));
+            let filters = subscriptions.iter().map(|(filter, qos)| rumqttc::SubscribeFilter::new(filter.clone(), *qos));
             match client.try_subscribe_many(filters) {
                 Ok(()) => self.to_subscribe = false,
                 Err(err) => debug!(role, "subscription not queued yet: {err}"),
@@ -400,7 +391,9 @@ mod tests {
 
     #[test]
     fn embedded_broker_on_an_unspecified_address_is_reached_on_loopback() {
-        let options = client_options(&config("[broker]\nlisten = \"0.0.0.0:1999\"\nanonymous = \"always\""), "processor", None).unwrap();
+        let options =
+            client_options(&config("[broker]\nlisten = \"0.0.0.0:1999\"\nanonymous = \"always\""), "processor", None)
+                .unwrap();
         assert_eq!(options.broker_address(), ("127.0.0.1".to_string(), 1999));
         assert_eq!(options.client_id(), "smarthomed-processor");
     }
@@ -411,7 +404,9 @@ mod tests {
         let options = client_options(&config(""), "syncer", Some(&internal)).unwrap();
         assert_eq!(login(&options), Some((INTERNAL_MQTT_USER.to_string(), "pw".to_string())));
 
-        let external = config("[broker]\nembedded = false\n[mqtt]\nurl = \"mqtt://10.0.0.2\"\nusername = \"home\"\npassword = \"x\"");
+        let external = config(
+            "[broker]\nembedded = false\n[mqtt]\nurl = \"mqtt://10.0.0.2\"\nusername = \"home\"\npassword = \"x\"",
+        );
         let options = client_options(&external, "syncer", Some(&internal)).unwrap();
         assert_eq!(options.broker_address(), ("10.0.0.2".to_string(), 1883));
         assert_eq!(login(&options), Some(("home".to_string(), "x".to_string())));
@@ -419,7 +414,9 @@ mod tests {
 
     #[test]
     fn external_schemes_pick_default_ports() {
-        for (url, port) in [("mqtt://h", 1883), ("mqtts://h", 8883), ("mqtt://h:2000", 2000), ("mqtt://[::1]:2001", 2001)] {
+        for (url, port) in
+            [("mqtt://h", 1883), ("mqtts://h", 8883), ("mqtt://h:2000", 2000), ("mqtt://[::1]:2001", 2001)]
+        {
             let options = external_options(url, "id".into()).unwrap();
             assert_eq!(options.broker_address().1, port, "{url}");
         }

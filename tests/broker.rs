@@ -19,10 +19,7 @@ async fn mqtt_311_clients_exchange_messages_and_get_retained_ones() {
 
     let (publisher, mut publisher_loop) = connect(daemon.mqtt_port, "pub", None).await.unwrap();
     tokio::spawn(async move { while publisher_loop.poll().await.is_ok() {} });
-    publisher
-        .publish("home/status", QoS::AtLeastOnce, true, "009060210")
-        .await
-        .unwrap();
+    publisher.publish("home/status", QoS::AtLeastOnce, true, "009060210").await.unwrap();
 
     let (client, eventloop) = connect(daemon.mqtt_port, "sub", None).await.unwrap();
     let mut messages = subscriber(client, eventloop, "home/#").await;
@@ -40,10 +37,8 @@ async fn mqtt_5_and_websocket_clients_share_the_bus() {
     let (client, eventloop) = connect(daemon.mqtt_port, "v4-sub", None).await.unwrap();
     let mut messages = subscriber(client, eventloop, "bus/#").await;
 
-    let (v5, mut v5_loop) = rumqttc::v5::AsyncClient::new(
-        rumqttc::v5::MqttOptions::new("v5-pub", "127.0.0.1", daemon.mqtt_port),
-        8,
-    );
+    let (v5, mut v5_loop) =
+        rumqttc::v5::AsyncClient::new(rumqttc::v5::MqttOptions::new("v5-pub", "127.0.0.1", daemon.mqtt_port), 8);
     let v5_connack = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(ack)) =
@@ -57,9 +52,7 @@ async fn mqtt_5_and_websocket_clients_share_the_bus() {
     .expect("v5 CONNACK");
     assert_eq!(v5_connack.code, rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success);
     tokio::spawn(async move { while v5_loop.poll().await.is_ok() {} });
-    v5.publish("bus/v5", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "from v5")
-        .await
-        .unwrap();
+    v5.publish("bus/v5", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "from v5").await.unwrap();
     expect_message(&mut messages, "bus/v5", "from v5").await;
 
     let mut ws_options = MqttOptions::new("ws-pub", format!("ws://127.0.0.1:{}/mqtt", daemon.ws_port), daemon.ws_port);
@@ -72,10 +65,7 @@ async fn mqtt_5_and_websocket_clients_share_the_bus() {
 
 #[tokio::test]
 async fn accounts_refuse_wrong_passwords_unknown_users_and_anonymous_clients() {
-    let broker = format!(
-        "[[broker.users]]\nname = \"esp32\"\npassword_hash = \"{}\"\n",
-        password_hash("right")
-    );
+    let broker = format!("[[broker.users]]\nname = \"esp32\"\npassword_hash = \"{}\"\n", password_hash("right"));
     let daemon = Daemon::start("broker", &broker, "");
     let port = daemon.mqtt_port;
     common::wait_for_async(Duration::from_secs(20), "the account to be let in", || async move {
@@ -103,10 +93,7 @@ async fn oversize_payloads_are_refused_and_the_broker_keeps_serving() {
     let mut messages = subscriber(client, eventloop, "big/#").await;
 
     let (publisher, mut publisher_loop) = connect(daemon.mqtt_port, "big-pub", None).await.unwrap();
-    publisher
-        .publish("big/one", QoS::AtLeastOnce, false, vec![b'x'; 4096])
-        .await
-        .unwrap();
+    publisher.publish("big/one", QoS::AtLeastOnce, false, vec![b'x'; 4096]).await.unwrap();
     let dropped = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if publisher_loop.poll().await.is_err() {

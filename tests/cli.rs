@@ -130,10 +130,7 @@ fn the_unit_matches_the_daemon_defaults() {
     assert_eq!(setting("RestartPreventExitStatus"), "2");
     let watchdog_secs: u64 = setting("WatchdogSec").trim_end_matches('s').parse().unwrap();
     let defaults = SupervisorConfig::default();
-    assert!(
-        watchdog_secs * 1000 > defaults.backoff_max_ms,
-        "WatchdogSec must outlast the longest restart backoff"
-    );
+    assert!(watchdog_secs * 1000 > defaults.backoff_max_ms, "WatchdogSec must outlast the longest restart backoff");
     let stop_secs: u64 = setting("TimeoutStopSec").trim_end_matches('s').parse().unwrap();
     assert!(stop_secs > 3 * defaults.stop_timeout_secs, "children stop one after another");
     for credential in ["slack_token", "mqtt_password", "weather_api_key"] {
@@ -165,7 +162,9 @@ fn the_firebase_backend_needs_a_usable_service_account_key() {
     let missing = smarthomed(&["check-config", "-c", config]);
     assert_eq!(missing.status.code(), Some(2));
     let error = text(&missing.stderr);
-    for needed in ["firebase.credentials", "firebase_service_account.json", "keys/README.md", "GOOGLE_APPLICATION_CREDENTIALS"] {
+    for needed in
+        ["firebase.credentials", "firebase_service_account.json", "keys/README.md", "GOOGLE_APPLICATION_CREDENTIALS"]
+    {
         assert!(error.contains(needed), "{needed} not in: {error}");
     }
 
@@ -181,7 +180,10 @@ fn the_firebase_backend_needs_a_usable_service_account_key() {
         "private_key": private, "token_uri": "https://oauth2.googleapis.com/token"
     });
     std::fs::write(&key, key_json.to_string()).unwrap();
-    let found = smarthomed_with_env(&["check-config", "-c", config], &[("GOOGLE_APPLICATION_CREDENTIALS", key.to_str().unwrap())]);
+    let found = smarthomed_with_env(
+        &["check-config", "-c", config],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", key.to_str().unwrap())],
+    );
     assert!(found.status.success(), "{}", text(&found.stderr));
     assert!(text(&found.stdout).contains(&format!("credentials = \"{}\"", key.display())));
     assert!(!format!("{}{}", text(&found.stdout), text(&found.stderr)).contains("PRIVATE KEY"));
@@ -190,7 +192,10 @@ fn the_firebase_backend_needs_a_usable_service_account_key() {
 #[test]
 fn the_firebase_backend_needs_its_project_and_database() {
     for (config, key) in [
-        ("[store]\nbackend = \"firebase\"\n[firebase]\ndatabase_url = \"https://x.firebaseio.com\"\n", "firebase.project_id"),
+        (
+            "[store]\nbackend = \"firebase\"\n[firebase]\ndatabase_url = \"https://x.firebaseio.com\"\n",
+            "firebase.project_id",
+        ),
         ("[store]\nbackend = \"firebase\"\n[firebase]\nproject_id = \"x\"\n", "firebase.database_url"),
         ("[firebase]\ndatabase_url = \"ftp://x\"\n", "firebase.database_url"),
         ("[firebase]\nfirestore_emulator_host = \"localhost\"\n", "firebase.firestore_emulator_host"),

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::Utc;
-use common::app::{android_schedule, control_at, listen, next_json, next_schedulable_minute, publisher, send, wait_processor};
+use common::app::{
+    android_schedule, control_at, listen, next_json, next_schedulable_minute, publisher, send, wait_processor,
+};
 use common::firebase::Firebase;
 use common::proxy::CuttableProxy;
 use common::slack::SlackServer;
@@ -21,7 +23,11 @@ use serde_json::json;
 const ROLES: [&str; 3] = ["broker", "processor", "syncer"];
 
 async fn start(firebase: &Firebase, extra: &str) -> Daemon {
-    let daemon = Daemon::start("run", "", &format!("{}{FAST_SUPERVISOR}[schedule]\ntimezone = \"UTC\"\n{extra}", firebase.config()));
+    let daemon = Daemon::start(
+        "run",
+        "",
+        &format!("{}{FAST_SUPERVISOR}[schedule]\ntimezone = \"UTC\"\n{extra}", firebase.config()),
+    );
     daemon.wait_children(&ROLES).await;
     daemon.wait_broker().await;
     daemon
@@ -34,14 +40,24 @@ async fn a_user_written_by_another_firestore_client_signs_in() {
     // The emulator named the way Google's tools name it, by the environment.
     let config = firebase.config().replace(&format!("firestore_emulator_host = \"{}\"\n", firebase.emulator), "");
     assert!(!config.contains("firestore_emulator_host"));
-    let daemon = Daemon::start_with_env("run", "", &format!("{config}{FAST_SUPERVISOR}"), &[("FIRESTORE_EMULATOR_HOST", firebase.emulator)]);
+    let daemon = Daemon::start_with_env(
+        "run",
+        "",
+        &format!("{config}{FAST_SUPERVISOR}"),
+        &[("FIRESTORE_EMULATOR_HOST", firebase.emulator)],
+    );
     daemon.wait_children(&ROLES).await;
     daemon.wait_broker().await;
     let mut replies = listen(&daemon, "app", "webos/+/+").await;
     let app = publisher(&daemon, "app-pub").await;
     wait_processor(&app, &mut replies).await;
 
-    send(&app, "webos/server/info", r#"{"Producer":"android","command":"signin","UID":"eAMHGLmiBGO76PIQ54O9CpsqTb23"}"#).await;
+    send(
+        &app,
+        "webos/server/info",
+        r#"{"Producer":"android","command":"signin","UID":"eAMHGLmiBGO76PIQ54O9CpsqTb23"}"#,
+    )
+    .await;
     let reply = next_json(&mut replies, "webos/android/info").await;
     assert_eq!(reply, json!({"name": "홍길동", "Producer": "server", "command": "return_name"}));
 
@@ -106,7 +122,9 @@ async fn the_realtime_database_reaches_the_processor_and_gets_the_recommendation
     let mut sensors = listen(&daemon, "sensors", "smarthomed/sensor/#").await;
     let mut recommendation = listen(&daemon, "watcher", "smarthomed/recommendation").await;
     expect_message(&mut sensors, "smarthomed/sensor/hometemp", r#"{"humi":60,"rain":"0","temp":29.2}"#).await;
-    let weather_in_tree = wait_for(Duration::from_secs(15), "the weather in the database", || firebase.rtdb.value("sensor/openweather")).await;
+    let weather_in_tree =
+        wait_for(Duration::from_secs(15), "the weather in the database", || firebase.rtdb.value("sensor/openweather"))
+            .await;
     assert_eq!(weather_in_tree["icon"], "10n");
     assert_eq!(weather_in_tree["temp"], "19.8");
 
@@ -156,7 +174,8 @@ async fn stream_troubles_are_survived_and_reported() {
         // Written while the stream is down: it still reaches the processor.
         firebase.rtdb.put("smarthome/status", json!(status));
         expect_message(&mut state, "data/smarthome", status).await;
-        wait_for(Duration::from_secs(15), "the reconnect", || (firebase.rtdb.streams_opened() > opened).then_some(())).await;
+        wait_for(Duration::from_secs(15), "the reconnect", || (firebase.rtdb.streams_opened() > opened).then_some(()))
+            .await;
         wait_for(Duration::from_secs(15), &format!("the alert about {trouble}"), || {
             slack
                 .texts_containing("lost the Realtime Database stream of")
@@ -185,7 +204,10 @@ async fn the_processor_waits_for_an_unreachable_firestore_and_alerts_once() {
     let config = firebase.config().replace(firebase.emulator, &route.host);
     let daemon = Daemon::start("run", "", &format!("{config}{FAST_SUPERVISOR}{}", slack.config()));
     daemon.wait_broker().await;
-    wait_for(Duration::from_secs(15), "the alert", || slack.texts_containing("cannot connect to Firestore").first().cloned()).await;
+    wait_for(Duration::from_secs(15), "the alert", || {
+        slack.texts_containing("cannot connect to Firestore").first().cloned()
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(slack.texts_containing("cannot connect to Firestore").len(), 1, "alerted once per outage");
     let processor = daemon.children()["processor"];
@@ -198,6 +220,9 @@ async fn the_processor_waits_for_an_unreachable_firestore_and_alerts_once() {
     wait_processor(&app, &mut replies).await;
     send(&app, "webos/server/info", r#"{"Producer":"car","command":"signin","UID":"uid-1"}"#).await;
     assert_eq!(next_json(&mut replies, "webos/car/info").await["name"], "Kim");
-    wait_for(Duration::from_secs(15), "the recovery alert", || slack.texts_containing("Firestore is reachable again").first().cloned()).await;
+    wait_for(Duration::from_secs(15), "the recovery alert", || {
+        slack.texts_containing("Firestore is reachable again").first().cloned()
+    })
+    .await;
     assert_eq!(daemon.children()["processor"], processor, "the processor was restarted instead of waiting");
 }

@@ -32,8 +32,14 @@ async fn signup_then_signin_answers_in_the_old_shape() {
 
     for producer in ["android", "car"] {
         let uid = format!("eAMHGLmiBGO76PIQ54O9Cp-{producer}");
-        send(&app, "webos/server/info", json!({"Producer": producer, "command": "signup", "UID": uid, "name": "Hong-Gil-Dong"}).to_string()).await;
-        send(&app, "webos/server/info", json!({"Producer": producer, "command": "signin", "UID": uid}).to_string()).await;
+        send(
+            &app,
+            "webos/server/info",
+            json!({"Producer": producer, "command": "signup", "UID": uid, "name": "Hong-Gil-Dong"}).to_string(),
+        )
+        .await;
+        send(&app, "webos/server/info", json!({"Producer": producer, "command": "signin", "UID": uid}).to_string())
+            .await;
         let reply = next_json(&mut replies, &format!("webos/{producer}/info")).await;
         assert_eq!(reply, json!({"name": "Hong-Gil-Dong", "Producer": "server", "command": "return_name"}));
     }
@@ -95,7 +101,8 @@ async fn every_bad_input_gets_an_error_reply_and_the_processor_keeps_serving() {
     assert_eq!(error["code"], "bad_length");
 
     assert_eq!(daemon.children()["processor"], processor, "the processor restarted");
-    send(&app, "webos/server/info", r#"{"Producer":"android","command":"signup","UID":"still-here","name":"ok"}"#).await;
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"signup","UID":"still-here","name":"ok"}"#)
+        .await;
     send(&app, "webos/server/info", r#"{"Producer":"android","command":"signin","UID":"still-here"}"#).await;
     assert_eq!(next_json(&mut replies, "webos/android/info").await["name"], "ok");
 }
@@ -190,7 +197,12 @@ async fn a_signup_sent_while_the_processor_is_down_is_stored_when_it_is_back() {
         (!daemon.children().contains_key("processor")).then_some(())
     })
     .await;
-    send(&app, "webos/server/info", r#"{"Producer":"android","command":"signup","UID":"offline-uid","name":"while away"}"#).await;
+    send(
+        &app,
+        "webos/server/info",
+        r#"{"Producer":"android","command":"signup","UID":"offline-uid","name":"while away"}"#,
+    )
+    .await;
 
     wait_for(Duration::from_secs(15), "a new processor", || daemon.children().get("processor").copied()).await;
     send(&app, "webos/server/info", r#"{"Producer":"android","command":"signin","UID":"offline-uid"}"#).await;
@@ -215,7 +227,9 @@ async fn start_facer_signals_the_camera_and_answers_with_the_recognised_user() {
     wait_processor(&car, &mut replies).await;
     send(&car, "webos/server/info", r#"{"Producer":"car","command":"signup","UID":"face-uid","name":"Driver"}"#).await;
 
-    for (recognised, result, name) in [("face-uid", "face-uid", "Driver"), ("none", "none", "fail"), ("ghost", "ghost", "fail")] {
+    for (recognised, result, name) in
+        [("face-uid", "face-uid", "Driver"), ("none", "none", "fail"), ("ghost", "ghost", "fail")]
+    {
         std::fs::write(&answer, format!("{recognised}\n")).unwrap();
         send(&car, "webos/server/info", r#"{"Producer":"car","command":"start_facer"}"#).await;
         assert_eq!(next_json(&mut replies, "webos/camera/info").await["sign"], "start");
@@ -240,7 +254,8 @@ async fn a_processor_killed_mid_burst_loses_no_signup_and_leaves_a_readable_stor
     wait_processor(&app, &mut replies).await;
 
     for i in 0..SIGNUPS {
-        let signup = json!({"Producer": "android", "command": "signup", "UID": format!("burst-{i}"), "name": format!("n{i}")});
+        let signup =
+            json!({"Producer": "android", "command": "signup", "UID": format!("burst-{i}"), "name": format!("n{i}")});
         send(&app, "webos/server/info", signup.to_string()).await;
         if i == SIGNUPS / 4 {
             kill(Pid::from_raw(children["processor"] as i32), Signal::SIGKILL).unwrap();
@@ -263,7 +278,14 @@ async fn a_processor_killed_mid_burst_loses_no_signup_and_leaves_a_readable_stor
             while let Some((topic, payload, _)) = replies.recv().await {
                 if topic == "webos/android/info" {
                     let reply: Value = serde_json::from_str(&payload).unwrap();
-                    answered.push(reply["name"].as_str().unwrap_or_default().trim_start_matches('n').parse::<usize>().unwrap_or(usize::MAX));
+                    answered.push(
+                        reply["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .trim_start_matches('n')
+                            .parse::<usize>()
+                            .unwrap_or(usize::MAX),
+                    );
                 }
             }
         });
@@ -294,10 +316,8 @@ async fn a_slow_face_recognition_blocks_nothing_and_is_cut_off_at_its_timeout() 
     let mut order = Vec::new();
     let mut second_sent = false;
     while order.len() < 3 {
-        let (topic, payload, _) = tokio::time::timeout(Duration::from_secs(15), replies.recv())
-            .await
-            .expect("replies within 15 s")
-            .unwrap();
+        let (topic, payload, _) =
+            tokio::time::timeout(Duration::from_secs(15), replies.recv()).await.expect("replies within 15 s").unwrap();
         let reply: Value = serde_json::from_str(&payload).unwrap();
         match (topic.as_str(), reply["command"].as_str()) {
             ("webos/car/info", Some("return_name")) => order.push("signin"),

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use chrono::{Timelike, Utc};
-use common::app::{android_schedule, control_at, listen, next_json, next_schedulable_minute, publisher, send, wait_processor};
+use common::app::{
+    android_schedule, control_at, listen, next_json, next_schedulable_minute, publisher, send, wait_processor,
+};
 use common::slack::SlackServer;
 use common::{Daemon, FAST_SUPERVISOR, expect_message};
 use serde_json::json;
@@ -34,7 +36,12 @@ async fn a_one_off_schedule_for_the_next_minute_runs_once_and_is_deleted() {
     // At least 15 s ahead, so the schedule is stored before its minute begins.
     let at = next_schedulable_minute();
     let document = android_schedule("test-once", &at.format("%H%M").to_string(), &at.format("%Y.%m.%d").to_string());
-    send(&app, "webos/server/info", json!({"Producer": "android", "command": "schedule_add", "schedule": document}).to_string()).await;
+    send(
+        &app,
+        "webos/server/info",
+        json!({"Producer": "android", "command": "schedule_add", "schedule": document}).to_string(),
+    )
+    .await;
     let added = next_json(&mut replies, "webos/android/info").await;
     assert_eq!(added["command"], "schedule_added", "{added}");
     assert_eq!(added["schedule"], document);
@@ -42,10 +49,7 @@ async fn a_one_off_schedule_for_the_next_minute_runs_once_and_is_deleted() {
     // Aircon on at 5 and window open; the light and the gas valve are already off.
     assert_eq!(control_at(&mut appliance, at).await, "015200012");
     assert!(Utc::now() >= at, "ran before its time");
-    assert!(
-        tokio::time::timeout(Duration::from_secs(3), appliance.recv()).await.is_err(),
-        "the schedule ran twice"
-    );
+    assert!(tokio::time::timeout(Duration::from_secs(3), appliance.recv()).await.is_err(), "the schedule ran twice");
 
     send(&app, "webos/server/info", r#"{"Producer":"android","command":"schedule_list"}"#).await;
     let list = next_json(&mut replies, "webos/android/info").await;
@@ -112,7 +116,10 @@ async fn schedules_and_modes_are_edited_over_mqtt() {
     send(&app, "webos/server/info", r#"{"Producer":"car","command":"mode_list"}"#).await;
     assert_eq!(next_json(&mut replies, "webos/car/info").await["modes"], json!([dimmer]));
     send(&app, "webos/server/info", r#"{"Producer":"car","command":"mode_delete","modeNum":3}"#).await;
-    assert_eq!(next_json(&mut replies, "webos/car/info").await, json!({"command": "mode_deleted", "modeNum": 3, "Producer": "server"}));
+    assert_eq!(
+        next_json(&mut replies, "webos/car/info").await,
+        json!({"command": "mode_deleted", "modeNum": 3, "Producer": "server"})
+    );
     send(&app, "webos/server/info", command("mode_update", "mode", &dimmer)).await;
     assert_eq!(next_json(&mut replies, "webos/car/error").await["code"], "not_found");
 }
@@ -171,9 +178,14 @@ async fn runs_missed_while_down_are_caught_up_within_grace_and_reported_beyond_i
 
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     daemon.wait_exit(Duration::from_secs(20)).await;
-    assert_eq!(slack.texts_containing("invalid_document").len(), 1, "the malformed document was reported more than once");
+    assert_eq!(
+        slack.texts_containing("invalid_document").len(),
+        1,
+        "the malformed document was reported more than once"
+    );
     let store = EmbeddedDocuments::open(&daemon.dir.path().join("data")).unwrap();
-    let runs: Vec<String> = store.list("smarthomed_schedule_runs").await.unwrap().into_iter().map(|(id, _)| id).collect();
+    let runs: Vec<String> =
+        store.list("smarthomed_schedule_runs").await.unwrap().into_iter().map(|(id, _)| id).collect();
     assert_eq!(runs, ["no-mode", "recent", "too-old"], "every due occurrence is recorded as handled");
 }
 
@@ -187,7 +199,12 @@ async fn a_run_is_not_repeated_when_the_processor_restarts_right_after_it() {
 
     let at = next_schedulable_minute();
     let document = serde_json::Value::Object(daily("every-day", at, 0));
-    send(&app, "webos/server/info", json!({"Producer": "android", "command": "schedule_add", "schedule": document}).to_string()).await;
+    send(
+        &app,
+        "webos/server/info",
+        json!({"Producer": "android", "command": "schedule_add", "schedule": document}).to_string(),
+    )
+    .await;
     assert_eq!(next_json(&mut replies, "webos/android/info").await["command"], "schedule_added");
     control_at(&mut appliance, at).await;
 

@@ -23,10 +23,7 @@ async fn committed_data_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     {
         let documents = EmbeddedDocuments::open(dir.path()).unwrap();
-        documents
-            .set("user_account", "uid", json!({"name": "x"}).as_object().unwrap().clone())
-            .await
-            .unwrap();
+        documents.set("user_account", "uid", json!({"name": "x"}).as_object().unwrap().clone()).await.unwrap();
         let tree = EmbeddedTree::open(dir.path()).unwrap();
         tree.set("server/notification", json!("none")).await.unwrap();
     }
@@ -47,9 +44,9 @@ mod firebase_tree {
     use std::time::Duration;
 
     use serde_json::json;
+    use smarthomed::store::RealtimeTree;
     use smarthomed::store::firebase_tree::FirebaseTree;
     use smarthomed::store::service_account::FixedToken;
-    use smarthomed::store::RealtimeTree;
 
     use super::common::rtdb::RtdbServer;
 
@@ -157,8 +154,16 @@ mod service_account {
         assert!(err.contains("absent.json") && err.contains("cannot read"), "{err}");
         for (name, content) in [
             ("not-json.json", "private_key: hunter2".to_string()),
-            ("wrong-type.json", json!({"type": "authorized_user", "client_email": "x", "private_key": "y", "token_uri": "z"}).to_string()),
-            ("bad-pem.json", json!({"type": "service_account", "client_email": "x", "private_key": "hunter2", "token_uri": "z"}).to_string()),
+            (
+                "wrong-type.json",
+                json!({"type": "authorized_user", "client_email": "x", "private_key": "y", "token_uri": "z"})
+                    .to_string(),
+            ),
+            (
+                "bad-pem.json",
+                json!({"type": "service_account", "client_email": "x", "private_key": "hunter2", "token_uri": "z"})
+                    .to_string(),
+            ),
         ] {
             let path = dir.path().join(name);
             std::fs::write(&path, content).unwrap();

@@ -82,14 +82,10 @@ async fn a_crash_loop_hits_the_restart_limit_and_alerts_once() {
     // The broker cannot bind its WebSocket port, so it exits at every start.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let ws_port = taken.local_addr().unwrap().port();
-    let supervisor = "[supervisor]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\nrestart_limit = 3\nrestart_window_secs = 60\n";
-    let mut daemon = Daemon::start_at(
-        "run",
-        (common::free_port(), ws_port),
-        "",
-        &format!("{}{supervisor}", slack.config()),
-        &[],
-    );
+    let supervisor =
+        "[supervisor]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\nrestart_limit = 3\nrestart_window_secs = 60\n";
+    let mut daemon =
+        Daemon::start_at("run", (common::free_port(), ws_port), "", &format!("{}{supervisor}", slack.config()), &[]);
 
     let status = daemon.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(3), "log:\n{}", daemon.log());
@@ -97,10 +93,7 @@ async fn a_crash_loop_hits_the_restart_limit_and_alerts_once() {
     assert_eq!(limit_alerts.len(), 1, "{:#?}", slack.posted());
     assert!(limit_alerts[0].contains("broker"));
     let exit_alerts = slack.texts_containing("broker exited unexpectedly");
-    assert!(
-        !exit_alerts.is_empty() && exit_alerts.len() < 4,
-        "4 crashes should coalesce: {exit_alerts:#?}"
-    );
+    assert!(!exit_alerts.is_empty() && exit_alerts.len() < 4, "4 crashes should coalesce: {exit_alerts:#?}");
     assert!(
         exit_alerts.iter().any(|text| text.contains("×3 more")),
         "the coalesced copies are counted: {exit_alerts:#?}"
@@ -126,10 +119,7 @@ async fn slack_rate_limits_and_outages_are_retried() {
     .await;
     let attempts = slack.attempts();
     assert!(attempts.len() >= 3, "{attempts:?}");
-    assert!(
-        attempts[1].duration_since(attempts[0]) >= Duration::from_millis(950),
-        "Retry-After was not honoured"
-    );
+    assert!(attempts[1].duration_since(attempts[0]) >= Duration::from_millis(950), "Retry-After was not honoured");
     assert!(delivered.at >= attempts[2]);
 }
 

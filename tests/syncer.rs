@@ -45,7 +45,8 @@ async fn the_weather_reaches_the_processor_and_the_recommendation_reaches_the_tr
     daemon.wait_broker().await;
 
     let mut sensors = listen(&daemon, "sensors", "smarthomed/sensor/openweather").await;
-    let stored: Value = serde_json::from_str(&next_payload(&mut sensors, "smarthomed/sensor/openweather").await).unwrap();
+    let stored: Value =
+        serde_json::from_str(&next_payload(&mut sensors, "smarthomed/sensor/openweather").await).unwrap();
     assert_eq!(stored["temp"], "19.8");
     assert_eq!(stored["description"], "실 비");
     assert_eq!(stored["icon"], "10n");

@@ -22,10 +22,7 @@ pub struct Coalescer {
 
 impl Coalescer {
     pub fn new(window: Duration) -> Self {
-        Self {
-            window,
-            open: HashMap::new(),
-        }
+        Self { window, open: HashMap::new() }
     }
 
     /// The alerts to send now: this one, unless it was folded into an open window,
@@ -43,26 +40,15 @@ impl Coalescer {
                 to_send.extend(self.summary(window));
             }
         }
-        self.open.insert(
-            key,
-            Window {
-                closes_at: now + self.window,
-                suppressed: 0,
-                latest: alert.clone(),
-            },
-        );
+        self.open.insert(key, Window { closes_at: now + self.window, suppressed: 0, latest: alert.clone() });
         to_send.push(alert);
         to_send
     }
 
     /// Closes the windows that are over; returns a summary for each that folded copies.
     pub fn close_due(&mut self, now: Instant) -> Vec<Alert> {
-        let due: Vec<_> = self
-            .open
-            .iter()
-            .filter(|(_, window)| window.closes_at <= now)
-            .map(|(key, _)| key.clone())
-            .collect();
+        let due: Vec<_> =
+            self.open.iter().filter(|(_, window)| window.closes_at <= now).map(|(key, _)| key.clone()).collect();
         let closed: Vec<Window> = due.into_iter().filter_map(|key| self.open.remove(&key)).collect();
         closed.into_iter().filter_map(|window| self.summary(window)).collect()
     }
@@ -72,12 +58,7 @@ impl Coalescer {
             return None;
         }
         let mut summary = window.latest;
-        summary.title = format!(
-            "{} (×{} more in {} s)",
-            summary.title,
-            window.suppressed,
-            self.window.as_secs()
-        );
+        summary.title = format!("{} (×{} more in {} s)", summary.title, window.suppressed, self.window.as_secs());
         Some(summary)
     }
 

@@ -36,11 +36,7 @@ pub struct Alert {
 
 impl Alert {
     pub fn new(source: impl Into<String>, title: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            source: source.into(),
-            title: title.into(),
-            detail: detail.into(),
-        }
+        Self { source: source.into(), title: title.into(), detail: detail.into() }
     }
 
     fn coalesce_key(&self) -> (String, String) {
@@ -78,10 +74,7 @@ pub struct Alerter {
 impl Alerter {
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Alert>) {
         let (queue, receiver) = mpsc::channel(capacity);
-        let alerter = Self {
-            queue,
-            dropped: Arc::new(AtomicU64::new(0)),
-        };
+        let alerter = Self { queue, dropped: Arc::new(AtomicU64::new(0)) };
         (alerter, receiver)
     }
 

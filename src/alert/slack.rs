@@ -39,22 +39,27 @@ pub enum Retry {
 
 pub fn retry_decision(err: &SlackClientError) -> Retry {
     match err {
-        SlackClientError::RateLimitError(limit) => {
-            limit.retry_after.map_or(Retry::WithBackoff, Retry::After)
-        }
+        SlackClientError::RateLimitError(limit) => limit.retry_after.map_or(Retry::WithBackoff, Retry::After),
         SlackClientError::HttpError(http) if http.status_code.is_server_error() => Retry::WithBackoff,
         SlackClientError::HttpError(http) if http.status_code.as_u16() == 408 => Retry::WithBackoff,
         SlackClientError::HttpProtocolError(_)
         | SlackClientError::SystemError(_)
         | SlackClientError::EndOfStream(_) => Retry::WithBackoff,
-        SlackClientError::ApiError(api) if matches!(api.code.as_str(), "ratelimited" | "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout") => {
+        SlackClientError::ApiError(api)
+            if matches!(
+                api.code.as_str(),
+                "ratelimited" | "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout"
+            ) =>
+        {
             Retry::WithBackoff
         }
         _ => Retry::GiveUp,
     }
 }
 
-type Client = SlackClient<SlackClientHyperConnector<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>>>;
+type Client = SlackClient<
+    SlackClientHyperConnector<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>>,
+>;
 
 /// Where alerts end up.
 pub enum Destination {
@@ -120,10 +125,8 @@ impl Destination {
 impl SlackSink {
     async fn deliver(&mut self, alert: &Alert, shutdown: &CancellationToken) {
         let text = message_text(&self.host, alert);
-        let request = SlackApiChatPostMessageRequest::new(
-            self.channel.clone(),
-            SlackMessageContent::new().with_text(text),
-        );
+        let request =
+            SlackApiChatPostMessageRequest::new(self.channel.clone(), SlackMessageContent::new().with_text(text));
         self.backoff.reset();
         for attempt in 1..=self.max_attempts {
             let session = self.client.open_session(&self.token);
@@ -227,9 +230,7 @@ mod tests {
 
     #[test]
     fn rate_limits_wait_for_retry_after() {
-        let err = SlackClientError::RateLimitError(
-            SlackRateLimitError::new().with_retry_after(Duration::from_secs(7)),
-        );
+        let err = SlackClientError::RateLimitError(SlackRateLimitError::new().with_retry_after(Duration::from_secs(7)));
         assert_eq!(retry_decision(&err), Retry::After(Duration::from_secs(7)));
         let err = SlackClientError::RateLimitError(SlackRateLimitError::new());
         assert_eq!(retry_decision(&err), Retry::WithBackoff);

@@ -65,11 +65,7 @@ pub fn protocol_level(prefix: &[u8]) -> Result<Sniff, SniffError> {
     let name_len = usize::from(u16::from_be_bytes([name_len[0], name_len[1]]));
     pos += 2;
     let Some(name) = prefix.get(pos..pos + name_len) else {
-        return if name_len > 6 {
-            Err(SniffError::BadProtocolName)
-        } else {
-            Ok(Sniff::NeedMore)
-        };
+        return if name_len > 6 { Err(SniffError::BadProtocolName) } else { Ok(Sniff::NeedMore) };
     };
     if name != b"MQTT" && name != b"MQIsdp" {
         return Err(SniffError::BadProtocolName);

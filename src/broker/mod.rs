@@ -27,11 +27,7 @@ use front_door::{FrontDoor, Route};
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot listen on {key} = {addr}: {source}")]
-    Bind {
-        key: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { key: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("cannot reserve an internal loopback port: {0}")]
     InternalPort(std::io::Error),
     #[error("the MQTT router did not start listening within {0:?}")]
@@ -73,20 +69,11 @@ pub async fn run(
         FrontDoor {
             name: "mqtt",
             listener: tcp,
-            route: Route::ByVersion {
-                v4: internal.v4,
-                v5: internal.v5,
-            },
+            route: Route::ByVersion { v4: internal.v4, v5: internal.v5 },
             connections: connections.clone(),
             sniff_timeout,
         },
-        FrontDoor {
-            name: "websocket",
-            listener: ws,
-            route: Route::Fixed(internal.ws),
-            connections,
-            sniff_timeout,
-        },
+        FrontDoor { name: "websocket", listener: ws, route: Route::Fixed(internal.ws), connections, sniff_timeout },
     ] {
         tracker.spawn(door.serve(tracker.clone(), shutdown.clone()));
     }
@@ -107,9 +94,7 @@ pub async fn run(
     result
 }
 
-fn router_stopped(
-    outcome: Result<Result<(), String>, tokio::sync::oneshot::error::RecvError>,
-) -> BrokerError {
+fn router_stopped(outcome: Result<Result<(), String>, tokio::sync::oneshot::error::RecvError>) -> BrokerError {
     BrokerError::RouterStopped(match outcome {
         Ok(Ok(())) => "all listeners ended".into(),
         Ok(Err(err)) => err,
@@ -118,9 +103,7 @@ fn router_stopped(
 }
 
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, BrokerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BrokerError::Bind { key, addr, source })
+    TcpListener::bind(addr).await.map_err(|source| BrokerError::Bind { key, addr, source })
 }
 
 struct InternalPorts {
@@ -143,11 +126,7 @@ impl InternalPorts {
             .map(std::net::TcpListener::local_addr)
             .collect::<Result<Vec<_>, _>>()
             .map_err(BrokerError::InternalPort)?;
-        Ok(Self {
-            v4: addrs[0],
-            v5: addrs[1],
-            ws: addrs[2],
-        })
+        Ok(Self { v4: addrs[0], v5: addrs[1], ws: addrs[2] })
     }
 
     /// rumqttd has no readiness signal; its listeners are up once they accept.
@@ -170,13 +149,8 @@ fn router_config(
     internal: &InternalPorts,
     internal_password: Option<Secret>,
 ) -> rumqttd::Config {
-    let accounts: Arc<HashMap<String, Secret>> = Arc::new(
-        config
-            .users
-            .iter()
-            .map(|user| (user.name.clone(), user.password_hash.clone()))
-            .collect(),
-    );
+    let accounts: Arc<HashMap<String, Secret>> =
+        Arc::new(config.users.iter().map(|user| (user.name.clone(), user.password_hash.clone())).collect());
     let server = |name: &str, listen: SocketAddr, public: SocketAddr| {
         let mut settings = ServerSettings {
             name: name.into(),
@@ -250,9 +224,7 @@ async fn check_login(
         info!(user, "refused MQTT login: no such account");
         return false;
     };
-    let accepted = tokio::task::spawn_blocking(move || password::verify(&pass, hash.expose()))
-        .await
-        .unwrap_or(false);
+    let accepted = tokio::task::spawn_blocking(move || password::verify(&pass, hash.expose())).await.unwrap_or(false);
     if !accepted {
         info!(user, "refused MQTT login: wrong password");
     }
@@ -283,14 +255,9 @@ mod tests {
 
     #[tokio::test]
     async fn logins_are_checked_against_hashes_and_the_internal_password() {
-        let accounts = HashMap::from([(
-            "esp32".to_string(),
-            Secret::new(password::hash("s3cret").unwrap()),
-        )]);
+        let accounts = HashMap::from([("esp32".to_string(), Secret::new(password::hash("s3cret").unwrap()))]);
         let internal = Secret::new("internal-pw");
-        let login = |user: &str, pass: &str| {
-            check_login(&accounts, Some(&internal), user.into(), pass.into())
-        };
+        let login = |user: &str, pass: &str| check_login(&accounts, Some(&internal), user.into(), pass.into());
         assert!(login("esp32", "s3cret").await);
         assert!(!login("esp32", "wrong").await);
         assert!(!login("nobody", "s3cret").await);

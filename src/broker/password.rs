@@ -1,9 +1,9 @@
 //! Broker account passwords, stored as Argon2id PHC strings so that the config file
 //! never holds a password an attacker could reuse.
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
@@ -40,9 +40,7 @@ pub fn check_hash_format(hash: &str) -> Result<(), PasswordError> {
 /// call it off the async executor.
 pub fn verify(password: &str, hash: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
+        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
         Err(_) => false,
     }
 }

@@ -22,15 +22,7 @@ pub fn alarm_id(unix_secs: i64, nth: usize) -> String {
 
 /// "Y.M.D.h.m.s" in local time, without zero padding, as the old backend wrote it.
 pub fn alarm_date(local: NaiveDateTime) -> String {
-    format!(
-        "{}.{}.{}.{}.{}.{}",
-        local.year(),
-        local.month(),
-        local.day(),
-        local.hour(),
-        local.minute(),
-        local.second()
-    )
+    format!("{}.{}.{}.{}.{}.{}", local.year(), local.month(), local.day(), local.hour(), local.minute(), local.second())
 }
 
 pub fn document(text: &AlarmText, date: &str) -> Document {
@@ -77,6 +69,9 @@ mod tests {
     fn documents_have_the_old_fields() {
         let text = AlarmText { inform: "창문이 열렸어요.".into(), icon: "window_icon".into() };
         let doc = document(&text, "2021.9.2.8.5.4");
-        assert_eq!(serde_json::Value::Object(doc), json!({"icon": "window_icon", "date": "2021.9.2.8.5.4", "inform": "창문이 열렸어요."}));
+        assert_eq!(
+            serde_json::Value::Object(doc),
+            json!({"icon": "window_icon", "date": "2021.9.2.8.5.4", "inform": "창문이 열렸어요."})
+        );
     }
 }

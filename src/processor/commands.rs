@@ -35,13 +35,7 @@ fn store_failure(err: &StoreError) -> Rejection {
 
 impl<S: DocumentStore> Handlers<S> {
     pub fn new(store: S, client: AsyncClient, config: Arc<Config>, alerter: Alerter) -> Self {
-        Self {
-            store,
-            client,
-            config,
-            alerter,
-            facer_running: AtomicBool::new(false),
-        }
+        Self { store, client, config, alerter, facer_running: AtomicBool::new(false) }
     }
 
     pub fn alerter(&self) -> &Alerter {
@@ -80,11 +74,8 @@ impl<S: DocumentStore> Handlers<S> {
                 rejection
             }
         };
-        let rejection = Rejection {
-            producer: Some(command.producer.clone()),
-            command: Some(command.name.clone()),
-            ..failure
-        };
+        let rejection =
+            Rejection { producer: Some(command.producer.clone()), command: Some(command.name.clone()), ..failure };
         if rejection.code == "store_error" {
             self.alerter.raise(Alert::new("processor", "a command failed on the store", rejection.message.clone()));
         }
@@ -122,14 +113,25 @@ impl<S: DocumentStore> Handlers<S> {
             }
             Request::ScheduleAdd(schedule) | Request::ScheduleUpdate(schedule) => {
                 let adding = matches!(command.request, Request::ScheduleAdd(_));
-                let exists = self.store.get(SCHEDULES, &schedule.title).await.map_err(|err| store_failure(&err))?.is_some();
+                let exists =
+                    self.store.get(SCHEDULES, &schedule.title).await.map_err(|err| store_failure(&err))?.is_some();
                 match (adding, exists) {
-                    (true, true) => return Err(Rejection::new("already_exists", format!("a schedule titled {:?} exists", schedule.title))),
-                    (false, false) => return Err(Rejection::new("not_found", format!("no schedule titled {:?}", schedule.title))),
+                    (true, true) => {
+                        return Err(Rejection::new(
+                            "already_exists",
+                            format!("a schedule titled {:?} exists", schedule.title),
+                        ));
+                    }
+                    (false, false) => {
+                        return Err(Rejection::new("not_found", format!("no schedule titled {:?}", schedule.title)));
+                    }
                     _ => {}
                 }
                 let document = schedule.to_document();
-                self.store.set(SCHEDULES, &schedule.title, document.clone()).await.map_err(|err| store_failure(&err))?;
+                self.store
+                    .set(SCHEDULES, &schedule.title, document.clone())
+                    .await
+                    .map_err(|err| store_failure(&err))?;
                 let done = if adding { "schedule_added" } else { "schedule_updated" };
                 info!(producer, title = schedule.title, "{done}");
                 self.reply(producer, json!({"command": done, "schedule": document})).await
@@ -149,7 +151,9 @@ impl<S: DocumentStore> Handlers<S> {
                 let adding = matches!(command.request, Request::ModeAdd(_));
                 let existing = self.mode_id(mode.number).await?;
                 let id = match (adding, existing) {
-                    (true, Some(_)) => return Err(Rejection::new("already_exists", format!("mode {} exists", mode.number))),
+                    (true, Some(_)) => {
+                        return Err(Rejection::new("already_exists", format!("mode {} exists", mode.number)));
+                    }
                     (false, None) => return Err(Rejection::new("not_found", format!("no mode {}", mode.number))),
                     (true, None) => mode.number.to_string(),
                     (false, Some(id)) => id,
@@ -194,7 +198,10 @@ impl<S: DocumentStore> Handlers<S> {
     /// with the recognised user. Only one recognition runs at a time.
     async fn start_facer(&self, producer: &str) -> Result<(), Rejection> {
         let Some((program, args)) = self.config.processor.facer_command.split_first() else {
-            return Err(Rejection::new("facer_unavailable", "no face recognizer is configured (processor.facer_command)"));
+            return Err(Rejection::new(
+                "facer_unavailable",
+                "no face recognizer is configured (processor.facer_command)",
+            ));
         };
         if self.facer_running.swap(true, Ordering::AcqRel) {
             return Err(Rejection::new("facer_busy", "a face recognition is already running"));

@@ -31,12 +31,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::alert::Alert;
+use crate::backoff::Backoff;
 use crate::child_context::ChildContext;
+use crate::config::Backend;
 use crate::mqtt::{self, Acker, Link, MqttError};
 use crate::protocol::topics;
 use crate::schedule::model::MODES;
-use crate::backoff::Backoff;
-use crate::config::Backend;
 use crate::store::embedded::EmbeddedDocuments;
 use crate::store::firestore::{Endpoint, FirestoreDocuments};
 use crate::store::service_account::{FIRESTORE_SCOPES, ServiceAccountTokens};
@@ -90,7 +90,8 @@ async fn connect_firestore(
     };
     loop {
         let connected = if let Some(tokens) = &tokens {
-            FirestoreDocuments::connect(&firebase.project_id, Endpoint::Google { tokens: tokens.clone() }, timeout).await
+            FirestoreDocuments::connect(&firebase.project_id, Endpoint::Google { tokens: tokens.clone() }, timeout)
+                .await
         } else {
             FirestoreDocuments::emulator(&firebase.project_id, &firebase.firestore_emulator_host, timeout).await
         };
@@ -131,12 +132,9 @@ pub async fn run_with_store<S: DocumentStore>(
     let config = context.config.clone();
     let options = mqtt::client_options(&config, ROLE, context.internal_password.as_ref())?;
     let (mut link, acker) = Link::persistent(ROLE, options, &config, context.alerter.clone());
-    for filter in [
-        topics::COMMAND_FILTER,
-        topics::APPLIANCE_STATE_TOPIC,
-        topics::HOMETEMP_TOPIC,
-        topics::OPENWEATHER_TOPIC,
-    ] {
+    for filter in
+        [topics::COMMAND_FILTER, topics::APPLIANCE_STATE_TOPIC, topics::HOMETEMP_TOPIC, topics::OPENWEATHER_TOPIC]
+    {
         link.subscribe(filter, QoS::AtLeastOnce);
     }
     let handler_timeout = Duration::from_millis(config.processor.handler_timeout_ms);
@@ -277,7 +275,10 @@ impl<S: DocumentStore> Dispatcher<S> {
             self.handlers.alerter().raise(Alert::new(
                 ROLE,
                 "overloaded: commands wait for a free handler",
-                format!("waited {} ms; raise processor.max_concurrent_handlers if this recurs", waited.elapsed().as_millis()),
+                format!(
+                    "waited {} ms; raise processor.max_concurrent_handlers if this recurs",
+                    waited.elapsed().as_millis()
+                ),
             ));
         }
         let handlers = self.handlers.clone();

@@ -56,11 +56,7 @@ struct Catalog<T> {
 
 impl<T> Catalog<T> {
     fn new(read: fn(&str, &Document) -> Result<T, DocumentError>) -> Self {
-        Self {
-            read,
-            items: HashMap::new(),
-            reported: HashMap::new(),
-        }
+        Self { read, items: HashMap::new(), reported: HashMap::new() }
     }
 
     /// Applies a listener event; returns the problems not reported before.
@@ -117,14 +113,16 @@ impl<S: DocumentStore> Engine<S> {
             tasks.spawn(async move {
                 if let Err(err) = store.watch(collection, events, stop).await {
                     warn!(collection, "schedule listener stopped: {err}");
-                    alerter.raise(Alert::new("processor", "the schedule engine lost its store listener", err.to_string()));
+                    alerter.raise(Alert::new(
+                        "processor",
+                        "the schedule engine lost its store listener",
+                        err.to_string(),
+                    ));
                 }
             });
         }
-        let mut known = Known {
-            schedules: Catalog::new(Schedule::from_document),
-            modes: Catalog::new(Mode::from_document),
-        };
+        let mut known =
+            Known { schedules: Catalog::new(Schedule::from_document), modes: Catalog::new(Mode::from_document) };
         // Both first snapshots, before anything is judged due.
         let (mut have_schedules, mut have_modes) = (false, false);
         while !(have_schedules && have_modes) {
@@ -192,17 +190,31 @@ impl<S: DocumentStore> Engine<S> {
             match timing::plan(&occurrence, now, grace) {
                 Plan::Run { late_by } => {
                     if let Some(late_by) = late_by {
-                        self.report(DATA_WARNING_TOPIC, "schedule_late", format!(
-                            "schedule {} of {} at {} ran {} s late",
-                            occurrence.title, occurrence.date, occurrence.at, late_by.num_seconds()
-                        ));
+                        self.report(
+                            DATA_WARNING_TOPIC,
+                            "schedule_late",
+                            format!(
+                                "schedule {} of {} at {} ran {} s late",
+                                occurrence.title,
+                                occurrence.date,
+                                occurrence.at,
+                                late_by.num_seconds()
+                            ),
+                        );
                     }
                     self.fire(known, &schedule).await;
                 }
-                Plan::Missed { late_by } => self.report(DATA_WARNING_TOPIC, "schedule_missed", format!(
-                    "schedule {} of {} at {} was missed by {} s (more than schedule.grace_secs): not run",
-                    occurrence.title, occurrence.date, occurrence.at, late_by.num_seconds()
-                )),
+                Plan::Missed { late_by } => self.report(
+                    DATA_WARNING_TOPIC,
+                    "schedule_missed",
+                    format!(
+                        "schedule {} of {} at {} was missed by {} s (more than schedule.grace_secs): not run",
+                        occurrence.title,
+                        occurrence.date,
+                        occurrence.at,
+                        late_by.num_seconds()
+                    ),
+                ),
             }
             if !schedule.repeat {
                 match self.store.delete(model::SCHEDULES, &schedule.title).await {
@@ -223,10 +235,14 @@ impl<S: DocumentStore> Engine<S> {
             match known.modes.items.values().find(|mode| mode.number == schedule.mode_num) {
                 Some(mode) => mode.settings,
                 None => {
-                    self.report(DATA_ERROR_TOPIC, "missing_mode", format!(
-                        "schedule {} names mode {}, which does not exist: not run",
-                        schedule.title, schedule.mode_num
-                    ));
+                    self.report(
+                        DATA_ERROR_TOPIC,
+                        "missing_mode",
+                        format!(
+                            "schedule {} names mode {}, which does not exist: not run",
+                            schedule.title, schedule.mode_num
+                        ),
+                    );
                     return;
                 }
             }
@@ -236,7 +252,9 @@ impl<S: DocumentStore> Engine<S> {
         match target::needed_control(&wanted, current.as_ref()) {
             Some(control) => {
                 info!(title = schedule.title, control = %control, "schedule runs");
-                if let Err(err) = self.client.publish(APPLIANCE_CONTROL_TOPIC, QoS::AtLeastOnce, false, control.encode()).await {
+                if let Err(err) =
+                    self.client.publish(APPLIANCE_CONTROL_TOPIC, QoS::AtLeastOnce, false, control.encode()).await
+                {
                     warn!("cannot publish the schedule's control: {err}");
                 }
             }
@@ -330,7 +348,11 @@ mod tests {
         assert_eq!(catalog.apply(DocumentEvent::Set { id: "b".into(), document: bad.clone() })[0].field, "enabled");
 
         catalog.apply(DocumentEvent::Deleted { id: "b".into() });
-        assert_eq!(catalog.apply(DocumentEvent::Set { id: "b".into(), document: bad }).len(), 1, "reported again after a delete");
+        assert_eq!(
+            catalog.apply(DocumentEvent::Set { id: "b".into(), document: bad }).len(),
+            1,
+            "reported again after a delete"
+        );
         catalog.apply(DocumentEvent::Set { id: "b".into(), document: schedule_document("b", "0800") });
         assert_eq!(catalog.items.len(), 1, "b fixed, a gone with the snapshot");
     }

@@ -27,7 +27,12 @@ pub fn alarm(language: Language, change: Change, mode_name: &str) -> AlarmText {
         (Language::Ko, Change::ModeRun(n)) => (format!("{mode_name}가 실행되었습니다."), format!("{n}mode_icon")),
         (Language::En, Change::ModeRun(n)) => (format!("{mode_name} started."), format!("{n}mode_icon")),
         (language, Change::Aircon(on)) => (
-            pick(language, on, ["에어컨이 켜졌어요.", "에어컨이 꺼졌어요."], ["The air conditioner is on.", "The air conditioner is off."]),
+            pick(
+                language,
+                on,
+                ["에어컨이 켜졌어요.", "에어컨이 꺼졌어요."],
+                ["The air conditioner is on.", "The air conditioner is off."],
+            ),
             "aircon_icon".into(),
         ),
         (language, Change::Light(on)) => (
@@ -35,11 +40,21 @@ pub fn alarm(language: Language, change: Change, mode_name: &str) -> AlarmText {
             "light_icon".into(),
         ),
         (language, Change::Window(open)) => (
-            pick(language, open, ["창문이 열렸어요.", "창문이 닫혔어요."], ["The window opened.", "The window closed."]),
+            pick(
+                language,
+                open,
+                ["창문이 열렸어요.", "창문이 닫혔어요."],
+                ["The window opened.", "The window closed."],
+            ),
             "window_icon".into(),
         ),
         (language, Change::GasValve(open)) => (
-            pick(language, open, ["가스밸브가 열렸어요.", "가스밸브가 닫혔어요."], ["The gas valve opened.", "The gas valve closed."]),
+            pick(
+                language,
+                open,
+                ["가스밸브가 열렸어요.", "가스밸브가 닫혔어요."],
+                ["The gas valve opened.", "The gas valve closed."],
+            ),
             "gasvalve_icon".into(),
         ),
     };

@@ -52,22 +52,12 @@ pub enum ParseError {
     #[error("must be {LEN} characters, got {0}")]
     Length(usize),
     #[error("position {position} ({field}): {value:?} {reason}")]
-    Digit {
-        position: usize,
-        field: &'static str,
-        value: char,
-        reason: &'static str,
-    },
+    Digit { position: usize, field: &'static str, value: char, reason: &'static str },
 }
 
 impl ParseError {
     fn at(position: usize, value: char, reason: &'static str) -> Self {
-        Self::Digit {
-            position,
-            field: FIELD_NAMES[position],
-            value,
-            reason,
-        }
+        Self::Digit { position, field: FIELD_NAMES[position], value, reason }
     }
 
     /// A short machine-readable name of the problem.

@@ -48,36 +48,29 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         command: "signup",
         producers: APPS,
-        parse: |fields| {
-            Ok(Request::Signup {
-                uid: uid(fields)?,
-                name: text_field(fields, "name")?,
-            })
-        },
+        parse: |fields| Ok(Request::Signup { uid: uid(fields)?, name: text_field(fields, "name")? }),
     },
-    CommandSpec {
-        command: "signin",
-        producers: APPS,
-        parse: |fields| Ok(Request::Signin { uid: uid(fields)? }),
-    },
-    CommandSpec {
-        command: "start_facer",
-        producers: &["car"],
-        parse: |_| Ok(Request::StartFacer),
-    },
+    CommandSpec { command: "signin", producers: APPS, parse: |fields| Ok(Request::Signin { uid: uid(fields)? }) },
+    CommandSpec { command: "start_facer", producers: &["car"], parse: |_| Ok(Request::StartFacer) },
     CommandSpec {
         command: "control",
         producers: APPS,
         parse: |fields| {
             let digits = text_field(fields, "control")?;
-            Control::parse(&digits)
-                .map(Request::Control)
-                .map_err(|err| Rejection::bad_control(&err))
+            Control::parse(&digits).map(Request::Control).map_err(|err| Rejection::bad_control(&err))
         },
     },
     CommandSpec { command: "schedule_list", producers: APPS, parse: |_| Ok(Request::ScheduleList) },
-    CommandSpec { command: "schedule_add", producers: APPS, parse: |fields| schedule(fields).map(Request::ScheduleAdd) },
-    CommandSpec { command: "schedule_update", producers: APPS, parse: |fields| schedule(fields).map(Request::ScheduleUpdate) },
+    CommandSpec {
+        command: "schedule_add",
+        producers: APPS,
+        parse: |fields| schedule(fields).map(Request::ScheduleAdd),
+    },
+    CommandSpec {
+        command: "schedule_update",
+        producers: APPS,
+        parse: |fields| schedule(fields).map(Request::ScheduleUpdate),
+    },
     CommandSpec {
         command: "schedule_delete",
         producers: APPS,
@@ -142,12 +135,7 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            producer: None,
-            command: None,
-        }
+        Self { code, message: message.into(), producer: None, command: None }
     }
 
     fn bad_control(err: &ParseError) -> Self {
@@ -221,11 +209,10 @@ pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Command, Rejection> {
             format!("a command may be at most {max_bytes} bytes, this one is {}", payload.len()),
         ));
     }
-    let text = std::str::from_utf8(payload).map_err(|err| {
-        Rejection::new("not_utf8", format!("payload is not UTF-8 text: {err}"))
-    })?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|err| Rejection::new("not_json", format!("payload is not JSON: {err}")))?;
+    let text = std::str::from_utf8(payload)
+        .map_err(|err| Rejection::new("not_utf8", format!("payload is not UTF-8 text: {err}")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|err| Rejection::new("not_json", format!("payload is not JSON: {err}")))?;
     let Value::Object(fields) = value else {
         return Err(Rejection::new("not_an_object", "a command must be a JSON object"));
     };
@@ -246,40 +233,25 @@ pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Command, Rejection> {
         Some(_) => return Err(with_producer(Rejection::new("bad_field", "command must be a string"))),
         None => return Err(with_producer(Rejection::new("missing_field", "command is missing"))),
     };
-    let with_command = |rejection: Rejection| Rejection {
-        command: Some(name.clone()),
-        ..with_producer(rejection)
-    };
+    let with_command = |rejection: Rejection| Rejection { command: Some(name.clone()), ..with_producer(rejection) };
     if !known {
         return Err(with_command(Rejection::new(
             "unknown_producer",
             format!("unknown Producer {producer:?}; known: {}", PRODUCERS.join(", ")),
         )));
     }
-    let Some(spec) = COMMANDS
-        .iter()
-        .find(|spec| spec.command == name && spec.producers.contains(&producer.as_str()))
+    let Some(spec) = COMMANDS.iter().find(|spec| spec.command == name && spec.producers.contains(&producer.as_str()))
     else {
-        return Err(with_command(Rejection::new(
-            "unknown_command",
-            format!("{producer} has no command {name:?}"),
-        )));
+        return Err(with_command(Rejection::new("unknown_command", format!("{producer} has no command {name:?}"))));
     };
     let request = (spec.parse)(&fields).map_err(with_command)?;
-    Ok(Command {
-        producer,
-        name,
-        request,
-    })
+    Ok(Command { producer, name, request })
 }
 
 fn text_field(fields: &Map<String, Value>, key: &'static str) -> Result<String, Rejection> {
     match fields.get(key) {
         Some(Value::String(text)) => Ok(text.clone()),
-        Some(other) => Err(Rejection::new(
-            "bad_field",
-            format!("{key} must be a string, not {}", json_type(other)),
-        )),
+        Some(other) => Err(Rejection::new("bad_field", format!("{key} must be a string, not {}", json_type(other)))),
         None => Err(Rejection::new("missing_field", format!("{key} is missing"))),
     }
 }
@@ -287,8 +259,7 @@ fn text_field(fields: &Map<String, Value>, key: &'static str) -> Result<String, 
 /// A user id, usable as a document id.
 fn uid(fields: &Map<String, Value>) -> Result<String, Rejection> {
     let uid = text_field(fields, "UID")?;
-    crate::store::check_name("UID", &uid)
-        .map_err(|err| Rejection::new("bad_field", err.to_string()))?;
+    crate::store::check_name("UID", &uid).map_err(|err| Rejection::new("bad_field", err.to_string()))?;
     Ok(uid)
 }
 
@@ -324,10 +295,7 @@ mod tests {
         assert_eq!(command.producer, "android");
         assert_eq!(
             command.request,
-            Request::Signup {
-                uid: "eAMHGLmiBGO76PIQ54O9CpsqTb23".into(),
-                name: "Hong-Gil-Dong".into()
-            }
+            Request::Signup { uid: "eAMHGLmiBGO76PIQ54O9CpsqTb23".into(), name: "Hong-Gil-Dong".into() }
         );
     }
 
@@ -391,7 +359,8 @@ mod tests {
         assert!(matches!(parse_text(&add.to_string()).unwrap().request, Request::ScheduleAdd(_)));
         let mut bad = document.clone();
         bad.insert("startTime".into(), json!("7:30"));
-        let rejected = rejection(&json!({"Producer": "android", "command": "schedule_update", "schedule": bad}).to_string());
+        let rejected =
+            rejection(&json!({"Producer": "android", "command": "schedule_update", "schedule": bad}).to_string());
         assert_eq!(rejected.code, "invalid_schedule");
         assert!(rejected.message.contains("startTime"), "{}", rejected.message);
         assert_eq!(rejection(r#"{"Producer":"android","command":"schedule_add","schedule":"x"}"#).code, "bad_field");
@@ -401,7 +370,10 @@ mod tests {
             parse_text(r#"{"Producer":"car","command":"mode_delete","modeNum":3}"#).unwrap().request,
             Request::ModeDelete { number: 3 }
         );
-        assert_eq!(rejection(r#"{"Producer":"android","command":"mode_add","mode":{"modeName":"x"}}"#).code, "invalid_mode");
+        assert_eq!(
+            rejection(r#"{"Producer":"android","command":"mode_add","mode":{"modeName":"x"}}"#).code,
+            "invalid_mode"
+        );
     }
 
     #[test]

@@ -64,12 +64,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn error(&self, field: &'static str, reason: impl Into<String>) -> DocumentError {
-        DocumentError {
-            collection: self.collection,
-            id: self.id.to_owned(),
-            field,
-            reason: reason.into(),
-        }
+        DocumentError { collection: self.collection, id: self.id.to_owned(), field, reason: reason.into() }
     }
 
     fn value(&self, field: &'static str) -> Result<&Value, DocumentError> {
@@ -92,11 +87,9 @@ impl Reader<'_> {
 
     fn digit(&self, field: &'static str, range: std::ops::RangeInclusive<u8>) -> Result<u8, DocumentError> {
         let value = self.value(field)?;
-        value
-            .as_u64()
-            .and_then(|n| u8::try_from(n).ok())
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| self.error(field, format!("must be an integer {}-{}, not {value}", range.start(), range.end())))
+        value.as_u64().and_then(|n| u8::try_from(n).ok()).filter(|n| range.contains(n)).ok_or_else(|| {
+            self.error(field, format!("must be an integer {}-{}, not {value}", range.start(), range.end()))
+        })
     }
 
     fn settings(&self) -> Result<ApplianceSettings, DocumentError> {
@@ -209,19 +202,13 @@ impl Schedule {
 /// The mode document with `modeNum` = `number` among `modes`, as (id, document). The
 /// app picks mode document ids freely; modes are found by number.
 pub fn find_mode(modes: Vec<(String, Document)>, number: u8) -> Option<(String, Document)> {
-    modes
-        .into_iter()
-        .find(|(_, mode)| mode.get("modeNum").and_then(Value::as_u64) == Some(u64::from(number)))
+    modes.into_iter().find(|(_, mode)| mode.get("modeNum").and_then(Value::as_u64) == Some(u64::from(number)))
 }
 
 impl Mode {
     pub fn from_document(id: &str, document: &Document) -> Result<Self, DocumentError> {
         let r = Reader { collection: MODES, id, document };
-        Ok(Self {
-            name: r.text("modeName")?,
-            number: r.digit("modeNum", 1..=9)?,
-            settings: r.settings()?,
-        })
+        Ok(Self { name: r.text("modeName")?, number: r.digit("modeNum", 1..=9)?, settings: r.settings()? })
     }
 
     pub fn to_document(&self) -> Document {

@@ -57,10 +57,9 @@ pub fn needed_control(target: &Control, current: Option<&State>) -> Option<Contr
         gas_valve: keep_if(flag_same(target.gas_valve, current.gas_valve), target.gas_valve),
         ..*target
     };
-    let nothing_to_do = [control.aircon, control.light, control.window, control.gas_valve]
-        .iter()
-        .all(|switch| *switch == Switch::Keep)
-        && current.mode == target.mode;
+    let nothing_to_do =
+        [control.aircon, control.light, control.window, control.gas_valve].iter().all(|switch| *switch == Switch::Keep)
+            && current.mode == target.mode;
     (!nothing_to_do).then_some(control)
 }
 
@@ -102,7 +101,10 @@ mod tests {
         let target = full_control(0, &settings());
         assert_eq!(needed_control(&target, Some(&State::parse("013000010").unwrap())).unwrap().encode(), "015200022");
         let mode_target = full_control(3, &settings());
-        assert_eq!(needed_control(&mode_target, Some(&State::parse("015000010").unwrap())).unwrap().encode(), "325200022");
+        assert_eq!(
+            needed_control(&mode_target, Some(&State::parse("015000010").unwrap())).unwrap().encode(),
+            "325200022"
+        );
     }
 
     #[test]

@@ -84,7 +84,11 @@ pub fn due_between<'a>(
 }
 
 /// The time of the first occurrence after `after`, if any schedule has one.
-pub fn next_after<'a>(schedules: impl IntoIterator<Item = &'a Schedule>, after: DateTime<Utc>, zone: Tz) -> Option<DateTime<Utc>> {
+pub fn next_after<'a>(
+    schedules: impl IntoIterator<Item = &'a Schedule>,
+    after: DateTime<Utc>,
+    zone: Tz,
+) -> Option<DateTime<Utc>> {
     let today = after.with_timezone(&zone).date_naive();
     schedules
         .into_iter()
@@ -154,21 +158,33 @@ mod tests {
     #[test]
     fn hh59_runs_once_and_not_at_the_next_hour() {
         let schedules = [schedule("late", "1259")];
-        let due = due_between(&schedules, local(SEOUL, "2026-11-22 12:58:30"), local(SEOUL, "2026-11-22 12:59:00"), SEOUL);
+        let due =
+            due_between(&schedules, local(SEOUL, "2026-11-22 12:58:30"), local(SEOUL, "2026-11-22 12:59:00"), SEOUL);
         assert_eq!(titles(&due), [("late", "2026-11-22".into())]);
-        assert!(due_between(&schedules, local(SEOUL, "2026-11-22 12:59:00"), local(SEOUL, "2026-11-22 13:00:59"), SEOUL).is_empty());
-        assert_eq!(next_after(&schedules, local(SEOUL, "2026-11-22 12:59:00"), SEOUL), Some(local(SEOUL, "2026-11-23 12:59:00")));
+        assert!(
+            due_between(&schedules, local(SEOUL, "2026-11-22 12:59:00"), local(SEOUL, "2026-11-22 13:00:59"), SEOUL)
+                .is_empty()
+        );
+        assert_eq!(
+            next_after(&schedules, local(SEOUL, "2026-11-22 12:59:00"), SEOUL),
+            Some(local(SEOUL, "2026-11-23 12:59:00"))
+        );
     }
 
     #[test]
     fn midnight_month_and_year_ends() {
         let schedules = [schedule("midnight", "0000")];
-        let due = due_between(&schedules, local(SEOUL, "2026-12-31 23:59:00"), local(SEOUL, "2027-01-01 00:00:00"), SEOUL);
+        let due =
+            due_between(&schedules, local(SEOUL, "2026-12-31 23:59:00"), local(SEOUL, "2027-01-01 00:00:00"), SEOUL);
         assert_eq!(titles(&due), [("midnight", "2027-01-01".into())]);
-        let due = due_between(&schedules, local(SEOUL, "2026-01-31 23:00:00"), local(SEOUL, "2026-02-01 00:30:00"), SEOUL);
+        let due =
+            due_between(&schedules, local(SEOUL, "2026-01-31 23:00:00"), local(SEOUL, "2026-02-01 00:30:00"), SEOUL);
         assert_eq!(titles(&due), [("midnight", "2026-02-01".into())]);
         let new_years_eve = [one_off("nye", "2359", "2026.12.31")];
-        assert_eq!(next_after(&new_years_eve, local(SEOUL, "2026-12-31 12:00:00"), SEOUL), Some(local(SEOUL, "2026-12-31 23:59:00")));
+        assert_eq!(
+            next_after(&new_years_eve, local(SEOUL, "2026-12-31 12:00:00"), SEOUL),
+            Some(local(SEOUL, "2026-12-31 23:59:00"))
+        );
         assert_eq!(next_after(&new_years_eve, local(SEOUL, "2027-01-01 00:00:00"), SEOUL), None);
     }
 
@@ -185,7 +201,8 @@ mod tests {
         document.insert("daysOfWeek".into(), json!([true, false, false, false, false, false, false]));
         let sundays = [Schedule::from_document("sundays", &document).unwrap()];
         // 2026-11-22 is a Sunday.
-        let week = due_between(&sundays, local(SEOUL, "2026-11-21 00:00:00"), local(SEOUL, "2026-11-28 23:00:00"), SEOUL);
+        let week =
+            due_between(&sundays, local(SEOUL, "2026-11-21 00:00:00"), local(SEOUL, "2026-11-28 23:00:00"), SEOUL);
         assert_eq!(titles(&week), [("sundays", "2026-11-22".into())]);
     }
 
@@ -194,7 +211,10 @@ mod tests {
         let mut document = schedule_document("off", "1000");
         document.insert("enabled".into(), json!(false));
         let off = [Schedule::from_document("off", &document).unwrap()];
-        assert!(due_between(&off, local(SEOUL, "2026-11-01 00:00:00"), local(SEOUL, "2026-11-30 00:00:00"), SEOUL).is_empty());
+        assert!(
+            due_between(&off, local(SEOUL, "2026-11-01 00:00:00"), local(SEOUL, "2026-11-30 00:00:00"), SEOUL)
+                .is_empty()
+        );
         assert_eq!(next_after(&off, local(SEOUL, "2026-11-01 00:00:00"), SEOUL), None);
     }
 
@@ -202,11 +222,15 @@ mod tests {
     fn a_skipped_start_time_runs_at_the_first_valid_minute_after_it() {
         // Berlin springs forward on 2026-03-29 from 02:00 to 03:00.
         let schedules = [schedule("night", "0230")];
-        let due = due_between(&schedules, local(BERLIN, "2026-03-29 01:00:00"), local(BERLIN, "2026-03-29 04:00:00"), BERLIN);
+        let due =
+            due_between(&schedules, local(BERLIN, "2026-03-29 01:00:00"), local(BERLIN, "2026-03-29 04:00:00"), BERLIN);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].at, local(BERLIN, "2026-03-29 03:00:00"));
         assert_eq!(
-            resolve_local(BERLIN, NaiveDate::from_ymd_opt(2026, 3, 29).unwrap().and_time(NaiveTime::from_hms_opt(2, 0, 0).unwrap())),
+            resolve_local(
+                BERLIN,
+                NaiveDate::from_ymd_opt(2026, 3, 29).unwrap().and_time(NaiveTime::from_hms_opt(2, 0, 0).unwrap())
+            ),
             local(BERLIN, "2026-03-29 03:00:00")
         );
     }
@@ -215,7 +239,8 @@ mod tests {
     fn a_repeated_start_time_runs_once() {
         // Berlin falls back on 2026-10-25 from 03:00 to 02:00: 02:30 happens twice.
         let schedules = [schedule("night", "0230")];
-        let whole_night = due_between(&schedules, local(BERLIN, "2026-10-25 00:00:00"), local(BERLIN, "2026-10-25 05:00:00"), BERLIN);
+        let whole_night =
+            due_between(&schedules, local(BERLIN, "2026-10-25 00:00:00"), local(BERLIN, "2026-10-25 05:00:00"), BERLIN);
         assert_eq!(whole_night.len(), 1);
         assert_eq!(whole_night[0].at, Utc.with_ymd_and_hms(2026, 10, 25, 0, 30, 0).unwrap(), "the first 02:30 (UTC+2)");
     }
@@ -223,19 +248,31 @@ mod tests {
     #[test]
     fn a_restart_in_the_middle_of_a_minute_neither_repeats_nor_skips() {
         let schedules = [schedule("tea", "1500")];
-        let first_run = due_between(&schedules, local(SEOUL, "2026-11-22 14:59:40"), local(SEOUL, "2026-11-22 15:00:10"), SEOUL);
+        let first_run =
+            due_between(&schedules, local(SEOUL, "2026-11-22 14:59:40"), local(SEOUL, "2026-11-22 15:00:10"), SEOUL);
         assert_eq!(first_run.len(), 1);
         // After a restart the engine continues from where it had checked.
-        let after_restart = due_between(&schedules, local(SEOUL, "2026-11-22 15:00:10"), local(SEOUL, "2026-11-22 15:00:50"), SEOUL);
+        let after_restart =
+            due_between(&schedules, local(SEOUL, "2026-11-22 15:00:10"), local(SEOUL, "2026-11-22 15:00:50"), SEOUL);
         assert!(after_restart.is_empty());
     }
 
     #[test]
     fn missed_runs_within_grace_run_late_and_older_ones_are_missed() {
-        let occurrence = Occurrence { at: local(SEOUL, "2026-11-22 07:00:00"), title: "x".into(), date: NaiveDate::from_ymd_opt(2026, 11, 22).unwrap() };
+        let occurrence = Occurrence {
+            at: local(SEOUL, "2026-11-22 07:00:00"),
+            title: "x".into(),
+            date: NaiveDate::from_ymd_opt(2026, 11, 22).unwrap(),
+        };
         let grace = Duration::minutes(5);
         assert_eq!(plan(&occurrence, local(SEOUL, "2026-11-22 07:00:20"), grace), Plan::Run { late_by: None });
-        assert_eq!(plan(&occurrence, local(SEOUL, "2026-11-22 07:04:00"), grace), Plan::Run { late_by: Some(Duration::minutes(4)) });
-        assert_eq!(plan(&occurrence, local(SEOUL, "2026-11-22 07:10:00"), grace), Plan::Missed { late_by: Duration::minutes(10) });
+        assert_eq!(
+            plan(&occurrence, local(SEOUL, "2026-11-22 07:04:00"), grace),
+            Plan::Run { late_by: Some(Duration::minutes(4)) }
+        );
+        assert_eq!(
+            plan(&occurrence, local(SEOUL, "2026-11-22 07:10:00"), grace),
+            Plan::Missed { late_by: Duration::minutes(10) }
+        );
     }
 }

@@ -26,24 +26,15 @@ const CHANGE_BACKLOG: usize = 256;
 
 fn open(dir: &Path, file: &str) -> Result<Arc<Database>, StoreError> {
     let path = dir.join(file);
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::Open {
-        path: dir.to_owned(),
-        source: Box::new(source),
-    })?;
-    Database::create(&path)
-        .map(Arc::new)
-        .map_err(|source| StoreError::Open {
-            path,
-            source: Box::new(source),
-        })
+    std::fs::create_dir_all(dir)
+        .map_err(|source| StoreError::Open { path: dir.to_owned(), source: Box::new(source) })?;
+    Database::create(&path).map(Arc::new).map_err(|source| StoreError::Open { path, source: Box::new(source) })
 }
 
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| StoreError::Worker(err.to_string()))?
+    tokio::task::spawn_blocking(work).await.map_err(|err| StoreError::Worker(err.to_string()))?
 }
 
 fn backend(err: impl Into<redb::Error>) -> StoreError {
@@ -62,10 +53,7 @@ impl EmbeddedDocuments {
         let write = db.begin_write().map_err(backend)?;
         write.open_table(DOCUMENTS).map_err(backend)?;
         write.commit().map_err(backend)?;
-        Ok(Self {
-            db,
-            changes: broadcast::channel(CHANGE_BACKLOG).0,
-        })
+        Ok(Self { db, changes: broadcast::channel(CHANGE_BACKLOG).0 })
     }
 
     fn list_blocking(db: &Database, collection: &str) -> Result<Vec<(String, Document)>, StoreError> {
@@ -85,10 +73,8 @@ impl EmbeddedDocuments {
 }
 
 fn decode_document(collection: &str, id: &str, bytes: &[u8]) -> Result<Document, StoreError> {
-    serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
-        location: format!("{collection}/{id}"),
-        reason: err.to_string(),
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|err| StoreError::Corrupt { location: format!("{collection}/{id}"), reason: err.to_string() })
 }
 
 impl DocumentStore for EmbeddedDocuments {
@@ -100,9 +86,7 @@ impl DocumentStore for EmbeddedDocuments {
             let read = db.begin_read().map_err(backend)?;
             let table = read.open_table(DOCUMENTS).map_err(backend)?;
             let found = table.get((collection.as_str(), id.as_str())).map_err(backend)?;
-            found
-                .map(|bytes| decode_document(&collection, &id, bytes.value()))
-                .transpose()
+            found.map(|bytes| decode_document(&collection, &id, bytes.value())).transpose()
         })
         .await
     }
@@ -110,29 +94,19 @@ impl DocumentStore for EmbeddedDocuments {
     async fn set(&self, collection: &str, id: &str, document: Document) -> Result<(), StoreError> {
         check_name("collection", collection)?;
         check_name("document id", id)?;
-        let bytes = serde_json::to_vec(&document).map_err(|err| StoreError::Corrupt {
-            location: format!("{collection}/{id}"),
-            reason: err.to_string(),
-        })?;
+        let bytes = serde_json::to_vec(&document)
+            .map_err(|err| StoreError::Corrupt { location: format!("{collection}/{id}"), reason: err.to_string() })?;
         let (db, owned_collection, owned_id) = (self.db.clone(), collection.to_owned(), id.to_owned());
         blocking(move || {
             let write = db.begin_write().map_err(backend)?;
             {
                 let mut table = write.open_table(DOCUMENTS).map_err(backend)?;
-                table
-                    .insert((owned_collection.as_str(), owned_id.as_str()), bytes.as_slice())
-                    .map_err(backend)?;
+                table.insert((owned_collection.as_str(), owned_id.as_str()), bytes.as_slice()).map_err(backend)?;
             }
             write.commit().map_err(backend)
         })
         .await?;
-        let _ = self.changes.send((
-            collection.to_owned(),
-            DocumentEvent::Set {
-                id: id.to_owned(),
-                document,
-            },
-        ));
+        let _ = self.changes.send((collection.to_owned(), DocumentEvent::Set { id: id.to_owned(), document }));
         Ok(())
     }
 
@@ -144,9 +118,7 @@ impl DocumentStore for EmbeddedDocuments {
             let write = db.begin_write().map_err(backend)?;
             let existed = {
                 let mut table = write.open_table(DOCUMENTS).map_err(backend)?;
-                let removed = table
-                    .remove((owned_collection.as_str(), owned_id.as_str()))
-                    .map_err(backend)?;
+                let removed = table.remove((owned_collection.as_str(), owned_id.as_str())).map_err(backend)?;
                 removed.is_some()
             };
             write.commit().map_err(backend)?;
@@ -154,9 +126,7 @@ impl DocumentStore for EmbeddedDocuments {
         })
         .await?;
         if existed {
-            let _ = self
-                .changes
-                .send((collection.to_owned(), DocumentEvent::Deleted { id: id.to_owned() }));
+            let _ = self.changes.send((collection.to_owned(), DocumentEvent::Deleted { id: id.to_owned() }));
         }
         Ok(existed)
     }
@@ -212,18 +182,13 @@ impl EmbeddedTree {
         let write = db.begin_write().map_err(backend)?;
         write.open_table(TREE).map_err(backend)?;
         write.commit().map_err(backend)?;
-        Ok(Self {
-            db,
-            changes: broadcast::channel(CHANGE_BACKLOG).0,
-        })
+        Ok(Self { db, changes: broadcast::channel(CHANGE_BACKLOG).0 })
     }
 
     fn read_root(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Value, StoreError> {
         match table.get(TREE_ROOT_KEY).map_err(backend)? {
-            Some(bytes) => serde_json::from_slice(bytes.value()).map_err(|err| StoreError::Corrupt {
-                location: "tree".into(),
-                reason: err.to_string(),
-            }),
+            Some(bytes) => serde_json::from_slice(bytes.value())
+                .map_err(|err| StoreError::Corrupt { location: "tree".into(), reason: err.to_string() }),
             None => Ok(Value::Null),
         }
     }
@@ -237,10 +202,8 @@ impl EmbeddedTree {
                 let mut table = write.open_table(TREE).map_err(backend)?;
                 let mut root = Self::read_root(&table)?;
                 change(&mut root);
-                let bytes = serde_json::to_vec(&root).map_err(|err| StoreError::Corrupt {
-                    location: "tree".into(),
-                    reason: err.to_string(),
-                })?;
+                let bytes = serde_json::to_vec(&root)
+                    .map_err(|err| StoreError::Corrupt { location: "tree".into(), reason: err.to_string() })?;
                 table.insert(TREE_ROOT_KEY, bytes.as_slice()).map_err(backend)?;
             }
             write.commit().map_err(backend)

@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::tree::{self, TreePath};
 use super::service_account::AccessTokens;
+use super::tree::{self, TreePath};
 use super::{RealtimeTree, StoreError, TreeEvent};
 use crate::backoff::Backoff;
 
@@ -61,25 +61,18 @@ impl<A> Clone for FirebaseTree<A> {
 }
 
 fn remote(operation: &str, path: &TreePath, status: Option<u16>, message: impl Into<String>) -> StoreError {
-    StoreError::Remote {
-        operation: format!("{operation} {path}"),
-        status,
-        message: message.into(),
-    }
+    StoreError::Remote { operation: format!("{operation} {path}"), status, message: message.into() }
 }
 
 impl<A: AccessTokens> FirebaseTree<A> {
     /// `database_url` such as `https://<project>-default-rtdb.firebaseio.com`.
     pub fn new(database_url: &str, tokens: A, timeout: Duration) -> Result<Self, StoreError> {
         crate::tls::use_ring();
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|err| StoreError::Remote {
-                operation: "set up HTTPS".into(),
-                status: None,
-                message: err.without_url().to_string(),
-            })?;
+        let http = reqwest::Client::builder().connect_timeout(timeout).build().map_err(|err| StoreError::Remote {
+            operation: "set up HTTPS".into(),
+            status: None,
+            message: err.without_url().to_string(),
+        })?;
         Ok(Self {
             http,
             base: database_url.trim_end_matches('/').to_owned(),
@@ -98,7 +91,9 @@ impl<A: AccessTokens> FirebaseTree<A> {
         let mut url = self.base.clone();
         for segment in path.segments() {
             url.push('/');
-            url.push_str(&url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20"));
+            url.push_str(
+                &url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20"),
+            );
         }
         url.push_str("/.json");
         url
@@ -118,10 +113,8 @@ impl<A: AccessTokens> FirebaseTree<A> {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|err| remote(operation, path, None, err.without_url().to_string()))?;
+        let response =
+            request.send().await.map_err(|err| remote(operation, path, None, err.without_url().to_string()))?;
         let status = response.status();
         let text = response
             .text()
@@ -137,7 +130,8 @@ impl<A: AccessTokens> FirebaseTree<A> {
                 .unwrap_or_else(|| text.chars().take(200).collect());
             return Err(remote(operation, path, Some(status.as_u16()), format!("HTTP {status}: {message}")));
         }
-        serde_json::from_str(&text).map_err(|err| remote(operation, path, Some(status.as_u16()), format!("not JSON: {err}")))
+        serde_json::from_str(&text)
+            .map_err(|err| remote(operation, path, Some(status.as_u16()), format!("not JSON: {err}")))
     }
 
     /// One streaming connection: applies its events to `local` and reports changes,
@@ -155,17 +149,20 @@ impl<A: AccessTokens> FirebaseTree<A> {
         if let Some(token) = self.tokens.token().await? {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|err| remote("listen to", path, None, err.without_url().to_string()))?;
+        let response =
+            request.send().await.map_err(|err| remote("listen to", path, None, err.without_url().to_string()))?;
         let status = response.status();
         if !status.is_success() {
             if status.as_u16() == 401 {
                 self.tokens.invalidate();
             }
             let text = response.text().await.unwrap_or_default();
-            return Err(remote("listen to", path, Some(status.as_u16()), format!("HTTP {status}: {}", text.chars().take(200).collect::<String>())));
+            return Err(remote(
+                "listen to",
+                path,
+                Some(status.as_u16()),
+                format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()),
+            ));
         }
         let mut stream = response.bytes_stream().eventsource();
         loop {
@@ -179,10 +176,16 @@ impl<A: AccessTokens> FirebaseTree<A> {
             };
             match event.event.as_str() {
                 "put" | "patch" => {
-                    let data: Value = serde_json::from_str(&event.data)
-                        .map_err(|err| remote("listen to", path, None, format!("malformed {} event: {err}", event.event)))?;
+                    let data: Value = serde_json::from_str(&event.data).map_err(|err| {
+                        remote("listen to", path, None, format!("malformed {} event: {err}", event.event))
+                    })?;
                     let (Some(at), Some(value)) = (data["path"].as_str(), data.get("data")) else {
-                        return Err(remote("listen to", path, None, format!("malformed {} event: {}", event.event, event.data)));
+                        return Err(remote(
+                            "listen to",
+                            path,
+                            None,
+                            format!("malformed {} event: {}", event.event, event.data),
+                        ));
                     };
                     let at = TreePath::parse(at)?;
                     if event.event == "put" {

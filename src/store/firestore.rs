@@ -22,12 +22,16 @@ use firestore::errors::FirestoreError;
 use firestore::gcloud_sdk::google::firestore::v1::listen_response::ResponseType;
 use firestore::gcloud_sdk::google::firestore::v1::target_change::TargetChangeType;
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
-use firestore::gcloud_sdk::google::firestore::v1::{ArrayValue, Document as FirestoreDocument, MapValue, TargetChange, Value};
-use firestore::gcloud_sdk::google_cloud_auth::credentials::{CacheableResource, Credentials, CredentialsProvider, EntityTag};
+use firestore::gcloud_sdk::google::firestore::v1::{
+    ArrayValue, Document as FirestoreDocument, MapValue, TargetChange, Value,
+};
+use firestore::gcloud_sdk::google_cloud_auth::credentials::{
+    CacheableResource, Credentials, CredentialsProvider, EntityTag,
+};
 use firestore::gcloud_sdk::google_cloud_auth::errors::CredentialsError;
 use firestore::{
-    FirestoreDb, FirestoreDbOptions, FirestoreListenerParams, FirestoreListenerTarget,
-    FirestoreMemListenStateStorage, FirestoreValue, FirestoreWritePrecondition,
+    FirestoreDb, FirestoreDbOptions, FirestoreListenerParams, FirestoreListenerTarget, FirestoreMemListenStateStorage,
+    FirestoreValue, FirestoreWritePrecondition,
 };
 use futures_util::TryStreamExt;
 use serde::Deserialize;
@@ -85,10 +89,7 @@ impl<A: AccessTokens> CredentialsProvider for BearerHeader<A> {
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::AUTHORIZATION, value);
         // A new tag every time: the tokens are cached (and refreshed) by `AccessTokens`.
-        Ok(CacheableResource::New {
-            entity_tag: EntityTag::new(),
-            data: headers,
-        })
+        Ok(CacheableResource::New { entity_tag: EntityTag::new(), data: headers })
     }
 
     async fn universe_domain(&self) -> Option<String> {
@@ -97,10 +98,7 @@ impl<A: AccessTokens> CredentialsProvider for BearerHeader<A> {
 }
 
 fn failed(operation: String, err: FirestoreError) -> StoreError {
-    StoreError::Firestore {
-        operation,
-        source: Box::new(err),
-    }
+    StoreError::Firestore { operation, source: Box::new(err) }
 }
 
 /// JSON to Firestore values, exactly: the crate's serde support drops nulls in arrays.
@@ -114,14 +112,10 @@ fn to_value(json: serde_json::Value) -> Value {
             None => ValueType::DoubleValue(number.as_f64().unwrap_or(f64::NAN)),
         },
         Json::String(text) => ValueType::StringValue(text),
-        Json::Array(items) => ValueType::ArrayValue(ArrayValue {
-            values: items.into_iter().map(to_value).collect(),
-        }),
+        Json::Array(items) => ValueType::ArrayValue(ArrayValue { values: items.into_iter().map(to_value).collect() }),
         Json::Object(fields) => ValueType::MapValue(MapValue { fields: to_fields(fields) }),
     };
-    Value {
-        value_type: Some(value_type),
-    }
+    Value { value_type: Some(value_type) }
 }
 
 fn to_fields(document: Document) -> HashMap<String, Value> {
@@ -132,9 +126,7 @@ fn to_fields(document: Document) -> HashMap<String, Value> {
 /// text, geo points `{latitude, longitude}`, references their path). Only the fields:
 /// the crate's whole-document decoding adds `_firestore_*` ones.
 fn from_fields(fields: HashMap<String, Value>) -> Result<Document, FirestoreError> {
-    Document::deserialize(FirestoreValue::from(Value {
-        value_type: Some(ValueType::MapValue(MapValue { fields })),
-    }))
+    Document::deserialize(FirestoreValue::from(Value { value_type: Some(ValueType::MapValue(MapValue { fields })) }))
 }
 
 fn is_refused_token(err: &FirestoreError) -> bool {
@@ -169,11 +161,7 @@ impl FirestoreDocuments {
         let db = FirestoreDb::with_options_auth(options, credentials)
             .await
             .map_err(|err| failed(format!("connect to Firestore project {project_id}"), err))?;
-        Ok(Self {
-            db,
-            retry_delay: Duration::from_secs(5),
-            token_refused,
-        })
+        Ok(Self { db, retry_delay: Duration::from_secs(5), token_refused })
     }
 
     /// Connects to the Cloud Firestore emulator at `host:port`.
@@ -204,10 +192,8 @@ impl FirestoreDocuments {
             location: document.name.clone(),
             reason: format!("not a document of {collection}"),
         })?;
-        let fields = from_fields(document.fields.clone()).map_err(|err| StoreError::Corrupt {
-            location: format!("{collection}/{id}"),
-            reason: err.to_string(),
-        })?;
+        let fields = from_fields(document.fields.clone())
+            .map_err(|err| StoreError::Corrupt { location: format!("{collection}/{id}"), reason: err.to_string() })?;
         Ok((id.to_owned(), fields))
     }
 }
@@ -278,10 +264,8 @@ impl DocumentStore for FirestoreDocuments {
             .try_collect()
             .await
             .map_err(|err| self.failed(operation(), err))?;
-        let mut listed = documents
-            .iter()
-            .map(|document| self.decode(collection, document))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut listed =
+            documents.iter().map(|document| self.decode(collection, document)).collect::<Result<Vec<_>, _>>()?;
         listed.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(listed)
     }
@@ -391,8 +375,13 @@ impl DocumentStore for FirestoreDocuments {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Heard {
     Target(TargetHeard),
-    Set { id: String, document: Document },
-    Gone { id: String },
+    Set {
+        id: String,
+        document: Document,
+    },
+    Gone {
+        id: String,
+    },
     /// Firestore's count of the documents the target matches (an existence filter).
     Count(usize),
 }
@@ -503,18 +492,13 @@ impl Catchup {
             let snapshot = self.known.iter().map(|(id, doc)| (id.clone(), doc.clone())).collect();
             return vec![DocumentEvent::Snapshot(snapshot)];
         }
-        let deleted = known
-            .keys()
-            .filter(|id| !self.known.contains_key(*id))
-            .map(|id| DocumentEvent::Deleted { id: id.clone() });
+        let deleted =
+            known.keys().filter(|id| !self.known.contains_key(*id)).map(|id| DocumentEvent::Deleted { id: id.clone() });
         let set = self
             .known
             .iter()
             .filter(|(id, document)| known.get(*id) != Some(*document))
-            .map(|(id, document)| DocumentEvent::Set {
-                id: id.clone(),
-                document: document.clone(),
-            });
+            .map(|(id, document)| DocumentEvent::Set { id: id.clone(), document: document.clone() });
         set.chain(deleted).collect()
     }
 }
@@ -523,7 +507,6 @@ impl Catchup {
 mod tests {
     use serde_json::{Value, json};
 
-
     use super::*;
 
     fn doc(value: Value) -> Document {
@@ -531,10 +514,7 @@ mod tests {
     }
 
     fn set(id: &str, n: i64) -> Heard {
-        Heard::Set {
-            id: id.into(),
-            document: doc(json!({"n": n})),
-        }
+        Heard::Set { id: id.into(), document: doc(json!({"n": n})) }
     }
 
     fn events(catchup: &mut Catchup, heard: impl IntoIterator<Item = Heard>) -> Vec<DocumentEvent> {
@@ -572,13 +552,22 @@ mod tests {
         let fields = HashMap::from([
             (
                 "at".to_owned(),
-                typed(Typed::TimestampValue(firestore::gcloud_sdk::prost_types::Timestamp { seconds: 1_795_000_000, nanos: 0 })),
+                typed(Typed::TimestampValue(firestore::gcloud_sdk::prost_types::Timestamp {
+                    seconds: 1_795_000_000,
+                    nanos: 0,
+                })),
             ),
             (
                 "where".to_owned(),
-                typed(Typed::GeoPointValue(firestore::gcloud_sdk::google::r#type::LatLng { latitude: 37.5, longitude: 127.0 })),
+                typed(Typed::GeoPointValue(firestore::gcloud_sdk::google::r#type::LatLng {
+                    latitude: 37.5,
+                    longitude: 127.0,
+                })),
             ),
-            ("who".to_owned(), typed(Typed::ReferenceValue("projects/p/databases/(default)/documents/user_account/u".into()))),
+            (
+                "who".to_owned(),
+                typed(Typed::ReferenceValue("projects/p/databases/(default)/documents/user_account/u".into())),
+            ),
         ]);
         let document = from_fields(fields).unwrap();
         assert!(document["at"].as_str().is_some_and(|at| at.starts_with("2026-11-18T")), "{document:?}");
@@ -597,7 +586,10 @@ mod tests {
             first,
             [DocumentEvent::Snapshot(vec![("a".into(), doc(json!({"n": 1}))), ("b".into(), doc(json!({"n": 1})))])]
         );
-        let live = events(&mut catchup, [set("a", 2), set("a", 2), Heard::Gone { id: "b".into() }, Heard::Gone { id: "b".into() }]);
+        let live = events(
+            &mut catchup,
+            [set("a", 2), set("a", 2), Heard::Gone { id: "b".into() }, Heard::Gone { id: "b".into() }],
+        );
         assert_eq!(
             live,
             [
@@ -611,10 +603,18 @@ mod tests {
     #[test]
     fn a_resumed_stream_delivers_the_known_documents_plus_the_missed_changes() {
         let mut catchup = Catchup::default();
-        events(&mut catchup, [Heard::Target(TargetHeard::Added), set("a", 1), set("b", 1), Heard::Target(TargetHeard::Current)]);
+        events(
+            &mut catchup,
+            [Heard::Target(TargetHeard::Added), set("a", 1), set("b", 1), Heard::Target(TargetHeard::Current)],
+        );
         let resumed = events(
             &mut catchup,
-            [Heard::Target(TargetHeard::Added), set("c", 1), Heard::Gone { id: "a".into() }, Heard::Target(TargetHeard::Current)],
+            [
+                Heard::Target(TargetHeard::Added),
+                set("c", 1),
+                Heard::Gone { id: "a".into() },
+                Heard::Target(TargetHeard::Current),
+            ],
         );
         assert_eq!(
             resumed,
@@ -633,7 +633,10 @@ mod tests {
             vec![Heard::Target(TargetHeard::Removed), Heard::Target(TargetHeard::Added)],
         ] {
             let mut catchup = Catchup::default();
-            events(&mut catchup, [Heard::Target(TargetHeard::Added), set("a", 1), set("b", 1), Heard::Target(TargetHeard::Current)]);
+            events(
+                &mut catchup,
+                [Heard::Target(TargetHeard::Added), set("a", 1), set("b", 1), Heard::Target(TargetHeard::Current)],
+            );
             let mut heard = trouble;
             heard.extend([set("b", 2), Heard::Target(TargetHeard::Current)]);
             assert_eq!(
@@ -647,12 +650,20 @@ mod tests {
         }
 
         let mut catchup = Catchup::default();
-        events(&mut catchup, [Heard::Target(TargetHeard::Added), set("a", 1), set("b", 1), Heard::Target(TargetHeard::Current)]);
+        events(
+            &mut catchup,
+            [Heard::Target(TargetHeard::Added), set("a", 1), set("b", 1), Heard::Target(TargetHeard::Current)],
+        );
         assert_eq!(catchup.hear(Heard::Count(2)), Reaction::default(), "a matching count changes nothing");
         assert!(catchup.hear(Heard::Count(1)).resync, "a wrong count asks for a resync");
         let fresh = events(
             &mut catchup,
-            [Heard::Target(TargetHeard::Removed), Heard::Target(TargetHeard::Added), set("a", 1), Heard::Target(TargetHeard::Current)],
+            [
+                Heard::Target(TargetHeard::Removed),
+                Heard::Target(TargetHeard::Added),
+                set("a", 1),
+                Heard::Target(TargetHeard::Current),
+            ],
         );
         assert_eq!(fresh, [DocumentEvent::Deleted { id: "b".into() }]);
     }

@@ -28,29 +28,19 @@ pub type Document = Map<String, Value>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store at {path}: {source}")]
-    Open {
-        path: std::path::PathBuf,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Open { path: std::path::PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("store operation failed: {0}")]
     Backend(#[from] redb::Error),
     #[error("stored data at {location} is unreadable: {reason}")]
     Corrupt { location: String, reason: String },
     #[error("invalid {what} {value:?}: {reason}")]
-    InvalidName {
-        what: &'static str,
-        value: String,
-        reason: &'static str,
-    },
+    InvalidName { what: &'static str, value: String, reason: &'static str },
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
     #[error("service-account key {path}: {reason}")]
     Credentials { path: std::path::PathBuf, reason: String },
     #[error("{operation} failed: {source}")]
-    Firestore {
-        operation: String,
-        source: Box<::firestore::errors::FirestoreError>,
-    },
+    Firestore { operation: String, source: Box<::firestore::errors::FirestoreError> },
     #[error("{operation} failed: {message}")]
     Remote {
         operation: String,
@@ -65,8 +55,13 @@ pub enum StoreError {
 pub enum DocumentEvent {
     /// Every document of the collection, by id: first, and after any gap.
     Snapshot(Vec<(String, Document)>),
-    Set { id: String, document: Document },
-    Deleted { id: String },
+    Set {
+        id: String,
+        document: Document,
+    },
+    Deleted {
+        id: String,
+    },
 }
 
 /// What a tree listener hears: the value now at its path (`None`: nothing there).
@@ -77,7 +72,12 @@ pub struct TreeEvent {
 
 pub trait DocumentStore: Clone + Send + Sync + 'static {
     fn get(&self, collection: &str, id: &str) -> impl Future<Output = Result<Option<Document>, StoreError>> + Send;
-    fn set(&self, collection: &str, id: &str, document: Document) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn set(
+        &self,
+        collection: &str,
+        id: &str,
+        document: Document,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Whether there was a document to delete.
     fn delete(&self, collection: &str, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Every document of `collection`, ordered by id.
@@ -129,11 +129,7 @@ pub fn check_name(what: &'static str, value: &str) -> Result<(), StoreError> {
         None
     };
     match reason {
-        Some(reason) => Err(StoreError::InvalidName {
-            what,
-            value: value.chars().take(80).collect(),
-            reason,
-        }),
+        Some(reason) => Err(StoreError::InvalidName { what, value: value.chars().take(80).collect(), reason }),
         None => Ok(()),
     }
 }

@@ -17,10 +17,8 @@ use super::StoreError;
 /// A token is replaced this long before it expires.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// Scopes of the Realtime Database.
-pub const DATABASE_SCOPES: &[&str] = &[
-    "https://www.googleapis.com/auth/firebase.database",
-    "https://www.googleapis.com/auth/userinfo.email",
-];
+pub const DATABASE_SCOPES: &[&str] =
+    &["https://www.googleapis.com/auth/firebase.database", "https://www.googleapis.com/auth/userinfo.email"];
 /// Scopes of Firestore.
 pub const FIRESTORE_SCOPES: &[&str] = &["https://www.googleapis.com/auth/datastore"];
 const LIFETIME_SECS: u64 = 3600;
@@ -70,10 +68,7 @@ pub fn check_key_file(path: &Path) -> Result<(), StoreError> {
 }
 
 fn read_key_file(path: &Path) -> Result<(KeyFile, EncodingKey), StoreError> {
-    let bad = |reason: String| StoreError::Credentials {
-        path: path.to_owned(),
-        reason,
-    };
+    let bad = |reason: String| StoreError::Credentials { path: path.to_owned(), reason };
     let text = std::fs::read_to_string(path).map_err(|err| bad(format!("cannot read it: {err}")))?;
     let file: KeyFile = serde_json::from_str(&text).map_err(|err| {
         bad(format!(
@@ -117,10 +112,7 @@ impl ServiceAccountTokens {
     /// Reads a service-account key file (JSON, as the Google Cloud console makes it).
     pub fn from_file(path: &Path, scopes: &[&str]) -> Result<Self, StoreError> {
         let (file, key) = read_key_file(path)?;
-        let bad = |reason: String| StoreError::Credentials {
-            path: path.to_owned(),
-            reason,
-        };
+        let bad = |reason: String| StoreError::Credentials { path: path.to_owned(), reason };
         crate::tls::use_ring();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -171,8 +163,8 @@ impl ServiceAccountTokens {
             };
             return Err(failed(Some(status.as_u16()), format!("HTTP {status}: {message}")));
         }
-        let token: TokenResponse =
-            serde_json::from_str(&text).map_err(|err| failed(Some(status.as_u16()), format!("unexpected answer: {}", err.classify_message())))?;
+        let token: TokenResponse = serde_json::from_str(&text)
+            .map_err(|err| failed(Some(status.as_u16()), format!("unexpected answer: {}", err.classify_message())))?;
         info!(account = self.email, expires_in_secs = token.expires_in, "access token minted");
         Ok((token.access_token, asked + Duration::from_secs(token.expires_in)))
     }

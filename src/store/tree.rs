@@ -14,11 +14,7 @@ impl TreePath {
     /// Parses "a/b/c" (leading and trailing slashes allowed). Segments must not hold
     /// the characters the Realtime Database forbids in keys: . $ # [ ] and controls.
     pub fn parse(path: &str) -> Result<Self, StoreError> {
-        let segments: Vec<String> = path
-            .split('/')
-            .filter(|segment| !segment.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let segments: Vec<String> = path.split('/').filter(|segment| !segment.is_empty()).map(str::to_owned).collect();
         for segment in &segments {
             if segment.chars().any(|c| matches!(c, '.' | '$' | '#' | '[' | ']') || c.is_control()) {
                 return Err(StoreError::InvalidName {
@@ -84,9 +80,7 @@ pub fn set(root: &mut Value, path: &TreePath, value: Value) {
     }
     let mut node = &mut *root;
     for segment in parents {
-        node = object(node)
-            .entry(segment.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
+        node = object(node).entry(segment.clone()).or_insert_with(|| Value::Object(Map::new()));
     }
     match value {
         Some(value) => {
@@ -116,10 +110,8 @@ fn prune(value: Value) -> Option<Value> {
     match value {
         Value::Null => None,
         Value::Object(map) => {
-            let kept: Map<String, Value> = map
-                .into_iter()
-                .filter_map(|(key, child)| prune(child).map(|child| (key, child)))
-                .collect();
+            let kept: Map<String, Value> =
+                map.into_iter().filter_map(|(key, child)| prune(child).map(|child| (key, child))).collect();
             (!kept.is_empty()).then_some(Value::Object(kept))
         }
         other => Some(other),

@@ -113,14 +113,7 @@ impl Launcher {
         }
         relays.close();
         info!(child = %role, pid, "started");
-        Ok(RunningChild {
-            role,
-            pid,
-            started: Instant::now(),
-            child,
-            tail,
-            relays,
-        })
+        Ok(RunningChild { role, pid, started: Instant::now(), child, tail, relays })
     }
 }
 
@@ -152,10 +145,7 @@ impl RunningChild {
     /// The last lines the child wrote, once its pipes have drained.
     pub async fn last_lines(&self) -> Vec<String> {
         let _ = tokio::time::timeout(OUTPUT_DRAIN, self.relays.wait()).await;
-        self.tail
-            .lock()
-            .map(|tail| tail.iter().cloned().collect())
-            .unwrap_or_default()
+        self.tail.lock().map(|tail| tail.iter().cloned().collect()).unwrap_or_default()
     }
 }
 

@@ -165,11 +165,7 @@ fn status_line(roles: &[Role], pids: &HashMap<Role, u32>) -> String {
 }
 
 fn random_password() -> Secret {
-    let password: String = rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
+    let password: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
     Secret::new(password)
 }
 
@@ -183,12 +179,7 @@ struct Runners {
 
 impl Runners {
     fn new(launcher: Arc<Launcher>, config: Arc<Config>, reports: mpsc::Sender<Report>) -> Self {
-        Self {
-            launcher,
-            config,
-            reports,
-            started: Vec::new(),
-        }
+        Self { launcher, config, reports, started: Vec::new() }
     }
 
     /// Starts the runner of `role` unless it is already running.
@@ -198,13 +189,7 @@ impl Runners {
         }
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(supervise(
-            role,
-            self.launcher.clone(),
-            self.config.clone(),
-            self.reports.clone(),
-            stop.clone(),
-        ));
+        tracker.spawn(supervise(role, self.launcher.clone(), self.config.clone(), self.reports.clone(), stop.clone()));
         tracker.close();
         self.started.push((role, stop, tracker));
     }
@@ -273,17 +258,15 @@ async fn supervise(
             &alerter,
             &reports,
             &stop,
-        ).await else {
+        )
+        .await
+        else {
             let _ = reports.send(Report::Down(role)).await;
             return;
         };
         let _ = reports.send(Report::Down(role)).await;
         let uptime = child.started.elapsed();
-        let mut detail = format!(
-            "pid {}, {exit}, after {:.1} s",
-            child.pid,
-            uptime.as_secs_f64()
-        );
+        let mut detail = format!("pid {}, {exit}, after {:.1} s", child.pid, uptime.as_secs_f64());
         let last_lines = child.last_lines().await;
         if !last_lines.is_empty() {
             detail.push_str("\nlast output:\n");
@@ -392,8 +375,8 @@ async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
 
 /// Connects to the embedded broker as the daemon's own user until it answers.
 async fn probe_broker(config: &Config, password: &Secret, timeout: Duration) -> Result<(), String> {
-    let options = crate::mqtt::client_options(config, "supervisor-probe", Some(password))
-        .map_err(|err| err.to_string())?;
+    let options =
+        crate::mqtt::client_options(config, "supervisor-probe", Some(password)).map_err(|err| err.to_string())?;
     let attempt = async {
         loop {
             let (client, mut eventloop) = AsyncClient::new(options.clone(), 1);

@@ -42,18 +42,11 @@ impl RestartPolicy {
         if uptime >= self.healthy_after {
             self.backoff.reset();
         }
-        while self
-            .restarts
-            .front()
-            .is_some_and(|&at| now.duration_since(at) >= self.window)
-        {
+        while self.restarts.front().is_some_and(|&at| now.duration_since(at) >= self.window) {
             self.restarts.pop_front();
         }
         if self.restarts.len() >= self.limit {
-            return Decision::LimitHit {
-                restarts: self.restarts.len(),
-                window: self.window,
-            };
+            return Decision::LimitHit { restarts: self.restarts.len(), window: self.window };
         }
         self.restarts.push_back(now);
         Decision::RestartAfter(self.backoff.next_delay())
@@ -92,13 +85,8 @@ mod tests {
     fn quick_crashes_back_off_exponentially_up_to_the_cap() {
         let mut policy = policy(100, 3600);
         let start = Instant::now();
-        let delays: Vec<_> = (0..6)
-            .map(|i| policy.on_exit(secs(1), start + secs(i * 10)))
-            .collect();
-        let expected: Vec<_> = [1, 2, 4, 8, 8, 8]
-            .into_iter()
-            .map(|s| Decision::RestartAfter(secs(s)))
-            .collect();
+        let delays: Vec<_> = (0..6).map(|i| policy.on_exit(secs(1), start + secs(i * 10))).collect();
+        let expected: Vec<_> = [1, 2, 4, 8, 8, 8].into_iter().map(|s| Decision::RestartAfter(secs(s))).collect();
         assert_eq!(delays, expected);
     }
 
@@ -118,10 +106,7 @@ mod tests {
         for i in 0..3 {
             assert!(matches!(policy.on_exit(secs(1), start + secs(i)), Decision::RestartAfter(_)));
         }
-        assert_eq!(
-            policy.on_exit(secs(1), start + secs(3)),
-            Decision::LimitHit { restarts: 3, window: secs(60) }
-        );
+        assert_eq!(policy.on_exit(secs(1), start + secs(3)), Decision::LimitHit { restarts: 3, window: secs(60) });
     }
 
     #[test]

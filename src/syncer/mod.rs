@@ -25,11 +25,13 @@ use tracing::{info, warn};
 use crate::alert::{Alert, Alerter};
 use crate::backoff::Backoff;
 use crate::child_context::ChildContext;
+use crate::config::Backend;
 use crate::config::Config;
 use crate::mqtt::{self, Link, MqttError};
 use crate::protocol::command::error_reply;
-use crate::protocol::topics::{APPLIANCE_STATE_TOPIC, DATA_ERROR_TOPIC, HOMETEMP_TOPIC, OPENWEATHER_TOPIC, RECOMMENDATION_TOPIC};
-use crate::config::Backend;
+use crate::protocol::topics::{
+    APPLIANCE_STATE_TOPIC, DATA_ERROR_TOPIC, HOMETEMP_TOPIC, OPENWEATHER_TOPIC, RECOMMENDATION_TOPIC,
+};
 use crate::store::embedded::EmbeddedTree;
 use crate::store::firebase_tree::{FirebaseTree, StreamReport};
 use crate::store::service_account::{DATABASE_SCOPES, ServiceAccountTokens};

@@ -161,7 +161,8 @@ mod tests {
         let current = parse_current(&sample("current_weather_seoul.json")).unwrap();
         assert_eq!((current.lat, current.lon), (37.5683, 126.9778));
         let air = parse_air_level(&sample("air_pollution_seoul.json")).unwrap();
-        let updated = chrono::NaiveDate::from_ymd_opt(2021, 9, 22).unwrap().and_hms_micro_opt(20, 36, 14, 881_117).unwrap();
+        let updated =
+            chrono::NaiveDate::from_ymd_opt(2021, 9, 22).unwrap().and_hms_micro_opt(20, 36, 14, 881_117).unwrap();
         assert_eq!(
             tree_value(&current, air, updated),
             json!({"temp": "19.8", "description": "실 비", "icon": "10n", "air_level": 2, "update": "2021-09-22 20:36:14.881117"})

@@ -66,7 +66,6 @@ pub async fn wait_processor(client: &AsyncClient, replies: &mut Messages) {
     while replies.try_recv().is_ok() {}
 }
 
-
 /// A schedule document in the Android app's format: aircon on at 5 and the window open,
 /// the light and the gas valve left alone; one-off on `date` ("YYYY.MM.DD").
 pub fn android_schedule(title: &str, start: &str, date: &str) -> Value {

@@ -117,7 +117,8 @@ fn to_rest(value: &Value) -> Value {
         Value::String(text) => json!({ "stringValue": text }),
         Value::Array(items) => json!({ "arrayValue": { "values": items.iter().map(to_rest).collect::<Vec<_>>() } }),
         Value::Object(fields) => {
-            let fields: Map<String, Value> = fields.iter().map(|(name, value)| (name.clone(), to_rest(value))).collect();
+            let fields: Map<String, Value> =
+                fields.iter().map(|(name, value)| (name.clone(), to_rest(value))).collect();
             json!({ "mapValue": { "fields": fields } })
         }
     }
@@ -129,8 +130,12 @@ fn from_rest(value: &Value) -> Value {
         return Value::Null;
     };
     match kind.as_str() {
-        "integerValue" => inner.as_str().and_then(|text| text.parse::<i64>().ok()).map(Value::from).unwrap_or(Value::Null),
-        "arrayValue" => Value::Array(inner["values"].as_array().map(|items| items.iter().map(from_rest).collect()).unwrap_or_default()),
+        "integerValue" => {
+            inner.as_str().and_then(|text| text.parse::<i64>().ok()).map(Value::from).unwrap_or(Value::Null)
+        }
+        "arrayValue" => Value::Array(
+            inner["values"].as_array().map(|items| items.iter().map(from_rest).collect()).unwrap_or_default(),
+        ),
         "mapValue" => Value::Object(
             inner["fields"]
                 .as_object()

@@ -28,7 +28,13 @@ pub fn key_pair(dir: &Path) -> (String, String) {
         .status()
         .expect("openssl (Debian package openssl; scripts/test installs it)");
     assert!(made.success());
-    let exported = Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&private).arg("-out").arg(&public).status().unwrap();
+    let exported = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap();
     assert!(exported.success());
     (std::fs::read_to_string(private).unwrap(), std::fs::read_to_string(public).unwrap())
 }
@@ -95,7 +101,8 @@ type Shared = Arc<(DecodingKey, String, String, Arc<Mutex<Inner>>)>;
 async fn grant(State(state): State<Shared>, Form(grant): Form<Grant>) -> Response {
     let (key, token_uri, token, inner) = &*state;
     let refuse = |description: &str| {
-        (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant", "error_description": description}))).into_response()
+        (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant", "error_description": description})))
+            .into_response()
     };
     if grant.grant_type != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
         return refuse("Unsupported grant type");

@@ -81,7 +81,8 @@ where
 }
 
 /// Test-friendly supervisor settings: quick backoff, short stop timeout.
-pub const FAST_SUPERVISOR: &str = "[supervisor]\nbackoff_initial_ms = 100\nbackoff_max_ms = 400\nstop_timeout_secs = 5\n";
+pub const FAST_SUPERVISOR: &str =
+    "[supervisor]\nbackoff_initial_ms = 100\nbackoff_max_ms = 400\nstop_timeout_secs = 5\n";
 
 /// A smarthomed process (any subcommand) running in its own temporary directory.
 pub struct Daemon {
@@ -175,13 +176,7 @@ impl Daemon {
             command.env(key, value);
         }
         let child = command.spawn().expect("start smarthomed");
-        Self {
-            dir,
-            mqtt_port,
-            ws_port,
-            child: Some(child),
-            seen: Default::default(),
-        }
+        Self { dir, mqtt_port, ws_port, child: Some(child), seen: Default::default() }
     }
 
     pub fn pid(&self) -> u32 {

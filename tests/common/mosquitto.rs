@@ -27,11 +27,7 @@ impl Mosquitto {
             .status()
             .unwrap_or_else(|err| panic!("{}", missing(&err.to_string())));
         assert!(made.success(), "mosquitto_passwd failed");
-        let mut broker = Self {
-            port: super::free_port(),
-            dir,
-            child: None,
-        };
+        let mut broker = Self { port: super::free_port(), dir, child: None };
         broker.restart().await;
         broker
     }

@@ -46,13 +46,7 @@ impl CuttableProxy {
                 });
             }
         });
-        Self {
-            host,
-            cuts,
-            accepted,
-            holding,
-            task,
-        }
+        Self { host, cuts, accepted, holding, task }
     }
 
     /// Drops every open connection; new ones are relayed again.

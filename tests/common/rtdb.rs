@@ -106,7 +106,8 @@ async fn handle(
     if let Some((status, message)) = server.refusals.lock().unwrap().pop() {
         return error(status, message);
     }
-    let authorized = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", server.token));
+    let authorized =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", server.token));
     if !authorized {
         return error(StatusCode::UNAUTHORIZED, "Unauthorized request.");
     }
@@ -124,9 +125,13 @@ async fn handle(
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     match (method, streaming) {
         (Method::GET, true) => stream(server, path),
-        (Method::GET, false) => axum::Json(tree::get(&server.root.lock().unwrap(), &path).cloned().unwrap_or(Value::Null)).into_response(),
+        (Method::GET, false) => {
+            axum::Json(tree::get(&server.root.lock().unwrap(), &path).cloned().unwrap_or(Value::Null)).into_response()
+        }
         (Method::PUT, _) => {
-            let Some(data) = parsed else { return error(StatusCode::BAD_REQUEST, "Invalid data; couldn't parse JSON object.") };
+            let Some(data) = parsed else {
+                return error(StatusCode::BAD_REQUEST, "Invalid data; couldn't parse JSON object.");
+            };
             server.put(&path.to_string(), data.clone());
             axum::Json(data).into_response()
         }

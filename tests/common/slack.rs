@@ -49,9 +49,8 @@ impl SlackServer {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind slack stand-in");
         let addr = listener.local_addr().expect("slack stand-in address");
-        let app = Router::new()
-            .route("/api/chat.postMessage", post(post_message))
-            .with_state((token.clone(), inner.clone()));
+        let app =
+            Router::new().route("/api/chat.postMessage", post(post_message)).with_state((token.clone(), inner.clone()));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -79,11 +78,7 @@ impl SlackServer {
     }
 
     pub fn texts_containing(&self, needle: &str) -> Vec<String> {
-        self.posted()
-            .into_iter()
-            .map(|posted| posted.text)
-            .filter(|text| text.contains(needle))
-            .collect()
+        self.posted().into_iter().map(|posted| posted.text).filter(|text| text.contains(needle)).collect()
     }
 }
 
@@ -92,9 +87,7 @@ async fn post_message(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
+    let authorized = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
         == Some(format!("Bearer {token}").as_str());
     if !authorized {
         return Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
@@ -124,11 +117,7 @@ async fn post_message(
     if channel.is_empty() {
         return Json(json!({"ok": false, "error": "channel_not_found"})).into_response();
     }
-    inner.posted.push(Posted {
-        channel: channel.clone(),
-        text: text.clone(),
-        at: Instant::now(),
-    });
+    inner.posted.push(Posted { channel: channel.clone(), text: text.clone(), at: Instant::now() });
     let ts = format!("{}.000100", inner.posted.len());
     Json(json!({
         "ok": true,

@@ -61,7 +61,10 @@ pub async fn documents<S: DocumentStore>(store: S) {
     assert_eq!(store.get("user_account", "uid-1").await.unwrap(), Some(replaced.clone()));
 
     for id in ["8236543210", "8236543209", "8236543211"] {
-        store.set("appliance_alarm", id, doc(json!({"icon": "aircon_icon", "date": "2026.11.22.7.0.0", "inform": id}))).await.unwrap();
+        store
+            .set("appliance_alarm", id, doc(json!({"icon": "aircon_icon", "date": "2026.11.22.7.0.0", "inform": id})))
+            .await
+            .unwrap();
     }
     let ids: Vec<String> = store.list("appliance_alarm").await.unwrap().into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, ["8236543209", "8236543210", "8236543211"], "listed in id order");
@@ -92,10 +95,7 @@ pub async fn documents<S: DocumentStore>(store: S) {
     }
     assert_eq!(
         seen,
-        [
-            DocumentEvent::Set { id: "morning".into(), document: mode },
-            DocumentEvent::Deleted { id: "morning".into() },
-        ]
+        [DocumentEvent::Set { id: "morning".into(), document: mode }, DocumentEvent::Deleted { id: "morning".into() },]
     );
     watching.stop().await;
 }
@@ -125,10 +125,7 @@ pub async fn tree<T: RealtimeTree>(tree: T) {
     tree.set("server/notification", json!("none")).await.unwrap();
     assert_eq!(watching.next().await, TreeEvent { value: Some(json!({"notification": "none"})) });
     tree.set("server", json!({"notification": "가스벨브가 열려있어요."})).await.unwrap();
-    assert_eq!(
-        watching.next().await,
-        TreeEvent { value: Some(json!({"notification": "가스벨브가 열려있어요."})) }
-    );
+    assert_eq!(watching.next().await, TreeEvent { value: Some(json!({"notification": "가스벨브가 열려있어요."})) });
     tree.delete("server/notification").await.unwrap();
     assert_eq!(watching.next().await, TreeEvent { value: None });
     watching.stop().await;

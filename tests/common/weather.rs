@@ -7,11 +7,11 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/openweathermap/");
 
