@@ -45,10 +45,10 @@ async fn client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
 async fn replies(eventloop: &mut EventLoop, count: usize) {
     let mut seen = 0;
     while seen < count {
-        if let Event::Incoming(Packet::Publish(publish)) = eventloop.poll().await.expect("connection lost") {
-            if publish.topic == "webos/android/info" {
-                seen += 1;
-            }
+        if let Event::Incoming(Packet::Publish(publish)) = eventloop.poll().await.expect("connection lost")
+            && publish.topic == "webos/android/info"
+        {
+            seen += 1;
         }
     }
 }

@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -375,6 +376,9 @@ pub struct SupervisorConfig {
     pub broker_ready_timeout_secs: u64,
     /// Lines of each child's output kept to show in an alert when it dies.
     pub log_tail_lines: usize,
+    /// A child that sends no heartbeat for this long is hung: it is killed, restarted
+    /// and alerted. Children send one every quarter of it.
+    pub heartbeat_timeout_secs: u64,
 }
 
 impl Default for SupervisorConfig {
@@ -388,6 +392,7 @@ impl Default for SupervisorConfig {
             stop_timeout_secs: 10,
             broker_ready_timeout_secs: 30,
             log_tail_lines: 20,
+            heartbeat_timeout_secs: 30,
         }
     }
 }
@@ -410,6 +415,9 @@ impl SupervisorConfig {
     }
     pub fn broker_ready_timeout(&self) -> Duration {
         Duration::from_secs(self.broker_ready_timeout_secs)
+    }
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_secs)
     }
 }
 
@@ -555,56 +563,78 @@ impl Config {
         }
     }
 
+    /// Every numeric setting with its value and the range it must fall in, so that no
+    /// value check-config accepts can overflow a duration, a capacity or an allocation
+    /// at run time.
+    fn bounded_settings(&self) -> [(&'static str, u64, RangeInclusive<u64>); 36] {
+        const MIB: u64 = 1024 * 1024;
+        const HOUR_MS: u64 = 3_600_000;
+        const DAY_SECS: u64 = 86_400;
+        let n = |value: usize| u64::try_from(value).unwrap_or(u64::MAX);
+        let (broker, mqtt, slack, processor) = (&self.broker, &self.mqtt, &self.slack, &self.processor);
+        let (weather, schedule, sup) = (&self.weather, &self.schedule, &self.supervisor);
+        [
+            ("broker.max_payload_bytes", n(broker.max_payload_bytes), 1..=256 * MIB),
+            ("broker.max_connections", n(broker.max_connections), 1..=100_000),
+            ("broker.max_inflight_messages", n(broker.max_inflight_messages), 1..=65_535),
+            ("broker.connect_timeout_ms", broker.connect_timeout_ms.into(), 1..=60_000),
+            ("broker.log_segment_bytes", n(broker.log_segment_bytes), 1..=1024 * MIB),
+            ("broker.log_segment_count", n(broker.log_segment_count), 1..=1_000),
+            ("mqtt.keep_alive_secs", mqtt.keep_alive_secs, 1..=65_535),
+            ("mqtt.reconnect_initial_ms", mqtt.reconnect_initial_ms, 1..=HOUR_MS),
+            ("mqtt.reconnect_max_ms", mqtt.reconnect_max_ms, 1..=24 * HOUR_MS),
+            ("mqtt.lost_alert_after_secs", mqtt.lost_alert_after_secs, 0..=DAY_SECS),
+            ("slack.queue_capacity", n(slack.queue_capacity), 1..=100_000),
+            ("slack.coalesce_window_secs", slack.coalesce_window_secs, 0..=DAY_SECS),
+            ("slack.max_attempts", slack.max_attempts.into(), 1..=100),
+            ("slack.retry_initial_ms", slack.retry_initial_ms, 1..=HOUR_MS),
+            ("slack.retry_max_ms", slack.retry_max_ms, 1..=24 * HOUR_MS),
+            ("firebase.timeout_secs", self.firebase.timeout_secs, 1..=3_600),
+            ("processor.max_command_bytes", n(processor.max_command_bytes), 1..=16 * MIB),
+            ("processor.queue_capacity", n(processor.queue_capacity), 1..=100_000),
+            ("processor.max_concurrent_handlers", n(processor.max_concurrent_handlers), 1..=1_024),
+            ("processor.handler_timeout_ms", processor.handler_timeout_ms, 1..=HOUR_MS),
+            ("processor.facer_timeout_secs", processor.facer_timeout_secs, 1..=3_600),
+            ("processor.recommendation.bad_air_level", processor.recommendation.bad_air_level.into(), 1..=5),
+            ("weather.interval_secs", weather.interval_secs, 60..=DAY_SECS),
+            ("weather.timeout_secs", weather.timeout_secs, 1..=600),
+            ("weather.retry_initial_ms", weather.retry_initial_ms, 1..=HOUR_MS),
+            ("schedule.grace_secs", schedule.grace_secs, 0..=7 * DAY_SECS),
+            ("schedule.max_sleep_secs", schedule.max_sleep_secs, 1..=DAY_SECS),
+            ("supervisor.backoff_initial_ms", sup.backoff_initial_ms, 1..=HOUR_MS),
+            ("supervisor.backoff_max_ms", sup.backoff_max_ms, 1..=24 * HOUR_MS),
+            ("supervisor.healthy_after_secs", sup.healthy_after_secs, 0..=DAY_SECS),
+            ("supervisor.restart_limit", sup.restart_limit.into(), 1..=1_000),
+            ("supervisor.restart_window_secs", sup.restart_window_secs, 1..=DAY_SECS),
+            ("supervisor.stop_timeout_secs", sup.stop_timeout_secs, 1..=3_600),
+            ("supervisor.broker_ready_timeout_secs", sup.broker_ready_timeout_secs, 1..=3_600),
+            ("supervisor.log_tail_lines", n(sup.log_tail_lines), 1..=10_000),
+            ("supervisor.heartbeat_timeout_secs", sup.heartbeat_timeout_secs, 2..=3_600),
+        ]
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value, range) in self.bounded_settings() {
+            if !range.contains(&value) {
+                return Err(invalid(key, format!("must be from {} to {}", range.start(), range.end())));
+            }
+        }
         let sup = &self.supervisor;
-        if sup.restart_limit == 0 {
-            return Err(invalid("supervisor.restart_limit", "must be at least 1"));
-        }
-        if sup.restart_window_secs == 0 {
-            return Err(invalid("supervisor.restart_window_secs", "must be at least 1"));
-        }
-        if sup.backoff_initial_ms == 0 {
-            return Err(invalid("supervisor.backoff_initial_ms", "must be at least 1"));
-        }
         if sup.backoff_max_ms < sup.backoff_initial_ms {
             return Err(invalid("supervisor.backoff_max_ms", "must not be below supervisor.backoff_initial_ms"));
-        }
-        if sup.log_tail_lines == 0 {
-            return Err(invalid("supervisor.log_tail_lines", "must be at least 1"));
         }
         if self.mqtt.reconnect_max_ms < self.mqtt.reconnect_initial_ms {
             return Err(invalid("mqtt.reconnect_max_ms", "must not be below mqtt.reconnect_initial_ms"));
         }
-        if self.mqtt.keep_alive_secs == 0 {
-            return Err(invalid("mqtt.keep_alive_secs", "must be at least 1"));
-        }
         let processor = &self.processor;
-        if processor.queue_capacity == 0 {
-            return Err(invalid("processor.queue_capacity", "must be at least 1"));
-        }
-        if processor.max_concurrent_handlers == 0 {
-            return Err(invalid("processor.max_concurrent_handlers", "must be at least 1"));
-        }
-        if processor.handler_timeout_ms == 0 {
-            return Err(invalid("processor.handler_timeout_ms", "must be at least 1"));
-        }
-        if processor.max_command_bytes == 0 {
-            return Err(invalid("processor.max_command_bytes", "must be at least 1"));
-        }
         if processor.facer_command.first().is_some_and(|program| program.trim().is_empty()) {
             return Err(invalid("processor.facer_command", "the program must not be empty"));
-        }
-        if processor.facer_timeout_secs == 0 {
-            return Err(invalid("processor.facer_timeout_secs", "must be at least 1"));
         }
         if !self.schedule.timezone.is_empty() && self.schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
             return Err(invalid(
                 "schedule.timezone",
                 format!("{:?} is not an IANA time zone such as \"Asia/Seoul\"", self.schedule.timezone),
             ));
-        }
-        if self.schedule.max_sleep_secs == 0 {
-            return Err(invalid("schedule.max_sleep_secs", "must be at least 1"));
         }
         self.validate_firebase()?;
         self.validate_weather()?;
@@ -615,9 +645,6 @@ impl Config {
 
     fn validate_firebase(&self) -> Result<(), ConfigError> {
         let firebase = &self.firebase;
-        if firebase.timeout_secs == 0 {
-            return Err(invalid("firebase.timeout_secs", "must be at least 1"));
-        }
         if !firebase.database_url.is_empty() {
             let url = url::Url::parse(&firebase.database_url)
                 .map_err(|err| invalid("firebase.database_url", format!("not a URL: {err}")))?;
@@ -659,15 +686,6 @@ impl Config {
             (Some(_), None) => return Err(invalid("weather.lon", "is needed with weather.lat")),
             (None, Some(_)) => return Err(invalid("weather.lat", "is needed with weather.lon")),
         }
-        if weather.interval_secs < 60 {
-            return Err(invalid(
-                "weather.interval_secs",
-                "must be at least 60 (OpenWeatherMap updates every 10 minutes)",
-            ));
-        }
-        if weather.timeout_secs == 0 || weather.retry_initial_ms == 0 {
-            return Err(invalid("weather.timeout_secs", "timeouts and retry delays must be at least 1"));
-        }
         let url =
             url::Url::parse(&weather.api_url).map_err(|err| invalid("weather.api_url", format!("not a URL: {err}")))?;
         if !matches!(url.scheme(), "https" | "http") {
@@ -686,12 +704,6 @@ impl Config {
         if slack.channel.trim().is_empty() {
             return Err(invalid("slack.channel", "must not be empty"));
         }
-        if slack.queue_capacity == 0 {
-            return Err(invalid("slack.queue_capacity", "must be at least 1"));
-        }
-        if slack.max_attempts == 0 {
-            return Err(invalid("slack.max_attempts", "must be at least 1"));
-        }
         if slack.retry_max_ms < slack.retry_initial_ms {
             return Err(invalid("slack.retry_max_ms", "must not be below slack.retry_initial_ms"));
         }
@@ -706,20 +718,11 @@ impl Config {
         if broker.listen == broker.ws_listen {
             return Err(invalid("broker.ws_listen", "must differ from broker.listen"));
         }
-        if broker.max_payload_bytes == 0 {
-            return Err(invalid("broker.max_payload_bytes", "must be at least 1"));
-        }
-        if broker.max_connections == 0 {
-            return Err(invalid("broker.max_connections", "must be at least 1"));
-        }
         if broker.log_segment_bytes < broker.max_payload_bytes {
             return Err(invalid(
                 "broker.log_segment_bytes",
                 "must hold at least one message of broker.max_payload_bytes",
             ));
-        }
-        if broker.log_segment_count == 0 {
-            return Err(invalid("broker.log_segment_count", "must be at least 1"));
         }
         let mut names = HashSet::new();
         for user in &broker.users {
@@ -910,6 +913,25 @@ mod tests {
             let err = error_of(text);
             assert!(err.starts_with(key) || err.contains(&format!(": {key}")), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn every_number_has_an_upper_bound() {
+        for (text, key) in [
+            ("[supervisor]\nlog_tail_lines = 4600000000000000000", "supervisor.log_tail_lines"),
+            ("[slack]\nqueue_capacity = 9223372036854775807", "slack.queue_capacity"),
+            ("[processor]\nqueue_capacity = 10000000000", "processor.queue_capacity"),
+            ("[processor]\nmax_concurrent_handlers = 10000000000", "processor.max_concurrent_handlers"),
+            ("[broker]\nmax_connections = 10000000000", "broker.max_connections"),
+            ("[schedule]\ngrace_secs = 9223372036854775807", "schedule.grace_secs"),
+            ("[slack]\ncoalesce_window_secs = 9223372036854775807", "slack.coalesce_window_secs"),
+            ("[supervisor]\nheartbeat_timeout_secs = 1", "supervisor.heartbeat_timeout_secs"),
+        ] {
+            let err = error_of(text);
+            assert!(err.contains(key) && err.contains("must be from"), "{text}: {err}");
+        }
+        let defaults = Config::default();
+        assert_eq!(defaults.bounded_settings().iter().map(|(key, ..)| *key).collect::<HashSet<_>>().len(), 36);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod broker;
 pub mod child_context;
 pub mod config;
+pub mod control;
 pub mod mqtt;
 pub mod processor;
 pub mod protocol;

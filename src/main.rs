@@ -18,6 +18,8 @@ use smarthomed::{broker, processor, supervisor, syncer};
 
 /// Exit code for a config that cannot be used (systemd: RestartPreventExitStatus).
 const EXIT_CONFIG: u8 = 2;
+/// Exit code after a panic (Rust's own for a panicked main thread).
+const EXIT_PANIC: u8 = 101;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +45,19 @@ enum Command {
     CheckConfig(ConfigArg),
     /// Read a password from standard input and print its hash for [[broker.users]].
     HashPassword,
+    /// Check or reset the embedded store (store.dir).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Verify every file of the embedded store: present if it was ever created, of this
+    /// version's format, and intact.
+    Check(ConfigArg),
+    /// Start afresh: move the store's files aside (as <file>.replaced-<time>), so the
+    /// next start creates them empty. Refused while the daemon runs.
+    Reset(ConfigArg),
 }
 
 #[derive(Args)]
@@ -63,6 +78,7 @@ impl ConfigArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    exit_on_panic();
     smarthomed::tls::use_ring();
     let args = match &cli.command {
         Command::HashPassword => return report(hash_password()),
@@ -70,12 +86,17 @@ fn main() -> ExitCode {
         | Command::Broker(args)
         | Command::Processor(args)
         | Command::Syncer(args)
-        | Command::CheckConfig(args) => args,
+        | Command::CheckConfig(args)
+        | Command::Store(StoreCommand::Check(args) | StoreCommand::Reset(args)) => args,
     };
     let config = match args.load() {
         Ok(config) => config,
         Err(err) => {
-            let _ = writeln!(LossyStderr, "error: {err}");
+            if is_child() {
+                tracing::error!("{err}");
+            } else {
+                let _ = writeln!(LossyStderr, "error: {err}");
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -106,6 +127,7 @@ fn main() -> ExitCode {
                 syncer::run(context, shutdown).await.map_err(anyhow::Error::from)
             }))
         })),
+        Command::Store(command) => report(store_command(command, &config)),
         Command::HashPassword => unreachable!("handled before loading the config"),
     }
 }
@@ -138,6 +160,32 @@ where
     result
 }
 
+fn store_command(command: StoreCommand, config: &Config) -> anyhow::Result<()> {
+    use smarthomed::store::embedded;
+    anyhow::ensure!(
+        config.store.backend == smarthomed::config::Backend::Embedded,
+        "store.backend is \"firebase\": Firebase keeps its own data; these commands are for the embedded store"
+    );
+    let dir = &config.store.dir;
+    match command {
+        StoreCommand::Check(_) => {
+            for file in embedded::check(dir)? {
+                println!("ok: {} (format {})", file.display(), embedded::FORMAT);
+            }
+        }
+        StoreCommand::Reset(_) => {
+            let moved = embedded::reset(dir)?;
+            if moved.is_empty() {
+                println!("nothing to reset in {}", dir.display());
+            }
+            for path in moved {
+                println!("moved aside: {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn hash_password() -> anyhow::Result<()> {
     if std::io::stdin().is_terminal() {
         eprintln!("password (input is shown; pipe it in to keep it off the screen):");
@@ -166,6 +214,10 @@ fn multi_thread() -> anyhow::Result<tokio::runtime::Runtime> {
 fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_child() => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             let _ = writeln!(LossyStderr, "error: {err:#}");
             ExitCode::FAILURE
@@ -190,16 +242,41 @@ impl Write for LossyStderr {
     }
 }
 
+/// Whether this process is a child of the supervisor, which relays its log.
+fn is_child() -> bool {
+    std::env::var_os("SMARTHOMED_CHILD").is_some()
+}
+
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LossyStderr);
-    // A child's lines are re-logged by the supervisor, which adds time and name;
-    // journald stamps time itself.
-    if std::env::var_os("SMARTHOMED_CHILD").is_some() {
-        builder.without_time().with_target(false).with_ansi(false).init();
+    // A child writes one JSON object per event, which the supervisor re-logs at its
+    // level and module, adding time and name: a newline in logged data (a schedule
+    // title) stays inside its JSON string. journald stamps time itself.
+    if is_child() {
+        builder.json().flatten_event(true).with_current_span(false).with_span_list(false).without_time().init();
     } else if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
     } else {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
+}
+
+/// A panic anywhere ends the process: a task that panicked leaves the rest of the
+/// process running without it, half alive. The panic is logged first, so the
+/// supervisor's alert about the exit shows it; a child's exit is then restarted, and
+/// the supervisor's own by systemd.
+fn exit_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|message| (*message).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        let location = info.location().map(|location| location.to_string()).unwrap_or_default();
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        tracing::error!(location, thread, "panic: {message}; exiting");
+        std::process::exit(EXIT_PANIC.into());
+    }));
 }

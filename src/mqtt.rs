@@ -246,12 +246,11 @@ impl Link {
                 }
             }
         }
-        if waiting.len() > MAX_WAITING {
-            if let Some(at) = waiting.iter().position(|p| p.qos == QoS::AtMostOnce) {
-                if let Some(dropped) = waiting.remove(at) {
-                    warn!(role = self.role, topic = dropped.topic, "overloaded: dropped a QoS 0 message");
-                }
-            }
+        if waiting.len() > MAX_WAITING
+            && let Some(at) = waiting.iter().position(|p| p.qos == QoS::AtMostOnce)
+            && let Some(dropped) = waiting.remove(at)
+        {
+            warn!(role = self.role, topic = dropped.topic, "overloaded: dropped a QoS 0 message");
         }
         true
     }

@@ -67,6 +67,8 @@ fn a_bad_config_exits_2_naming_the_key() {
         ("[broker]\nlisen = \"127.0.0.1:1883\"\n", "broker.lisen"),
         ("[supervisor]\nrestart_limit = 0\n", "supervisor.restart_limit"),
         ("[slack]\napi_url = 7\n", "slack.api_url"),
+        ("[supervisor]\nlog_tail_lines = 4600000000000000000\n", "supervisor.log_tail_lines"),
+        ("[slack]\nqueue_capacity = 9223372036854775807\n", "slack.queue_capacity"),
     ] {
         let file = config_file(content);
         for command in ["check-config", "run", "processor"] {

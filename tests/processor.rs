@@ -340,3 +340,44 @@ async fn a_slow_face_recognition_blocks_nothing_and_is_cut_off_at_its_timeout() 
     assert_eq!(order, ["signin", "busy", "facer"], "the signin waited for the recognizer");
     assert!(started.elapsed() < Duration::from_secs(10), "the recognizer was not cut off");
 }
+
+#[tokio::test]
+async fn spawned_programs_get_only_the_secrets_they_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("recognize.sh");
+    // The recognizer answers with the names of the daemon's variables it can see.
+    std::fs::write(&script, "#!/bin/sh\necho \"seen:$(env | grep -o '^SMARTHOMED[A-Z_]*' | sort | tr '\\n' ,)\"\n")
+        .unwrap();
+    let config = format!("[processor]\nfacer_command = [\"sh\", \"{}\"]\nfacer_timeout_secs = 5\n", script.display());
+    let daemon = Daemon::start_with_env(
+        "run",
+        "",
+        &config,
+        &[
+            ("SMARTHOMED_SLACK_TOKEN", "fake-slack-token-for-tests"),
+            ("SMARTHOMED_WEATHER_API_KEY", "weather-key-for-tests"),
+        ],
+    );
+    let children = daemon.wait_children(&ROLES).await;
+    daemon.wait_broker().await;
+    let mut replies = listen(&daemon, "car", "webos/+/+").await;
+    let car = publisher(&daemon, "car-pub").await;
+    wait_processor(&car, &mut replies).await;
+
+    send(&car, "webos/server/info", r#"{"Producer":"car","command":"start_facer"}"#).await;
+    let reply = next_json(&mut replies, "webos/car/info").await;
+    assert_eq!(reply["result"], "seen:", "the recognizer saw the daemon's variables: {reply}");
+
+    let environ = |pid: u32| -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap()
+            .split(|&b| b == 0)
+            .filter_map(|var| std::str::from_utf8(var).ok()?.split('=').next().map(str::to_owned))
+            .filter(|name| ["SMARTHOMED_SLACK_TOKEN", "SMARTHOMED_WEATHER_API_KEY"].contains(&name.as_str()))
+            .collect()
+    };
+    assert_eq!(environ(children["broker"]), Vec::<String>::new());
+    assert_eq!(environ(children["processor"]), Vec::<String>::new());
+    assert_eq!(environ(children["syncer"]), ["SMARTHOMED_WEATHER_API_KEY"]);
+    assert_eq!(environ(daemon.pid()).len(), 2, "the supervisor keeps what it was given");
+}

@@ -174,7 +174,7 @@ async fn runs_missed_while_down_are_caught_up_within_grace_and_reported_beyond_i
     // Alerts of one kind coalesce; the log has each report.
     let log = daemon.log();
     assert!(log.contains("schedule recent of") && log.contains("s late"), "{log}");
-    assert!(log.contains("control=015200012"), "the recent run sent no control:\n{log}");
+    assert!(log.contains("control=\"015200012\""), "the recent run sent no control:\n{log}");
 
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     daemon.wait_exit(Duration::from_secs(20)).await;

@@ -40,6 +40,81 @@ async fn an_unusable_store_directory_is_a_clear_error() {
     assert!(err.to_string().contains(&file.path().display().to_string()), "{err}");
 }
 
+/// A daemon run to a clean stop in `dir`, so that its store exists; returns the dir.
+async fn run_once(dir: tempfile::TempDir) -> tempfile::TempDir {
+    let mut daemon = common::Daemon::start_in(dir, "run", common::FAST_SUPERVISOR);
+    daemon.wait_children(&["broker", "processor", "syncer"]).await;
+    daemon.wait_broker().await;
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(std::time::Duration::from_secs(20)).await.code(), Some(0), "{}", daemon.log());
+    std::mem::replace(&mut daemon.dir, tempfile::tempdir().unwrap())
+}
+
+fn store_command(dir: &std::path::Path, action: &str) -> std::process::Output {
+    common::smarthomed_command()
+        .args(["store", action, "-c"])
+        .arg(dir.join("smarthomed.toml"))
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_lost_store_is_a_startup_error_with_an_alert_until_reset() {
+    use std::os::unix::fs::PermissionsExt;
+    let slack = common::slack::SlackServer::start().await;
+    let dir = run_once(tempfile::tempdir().unwrap()).await;
+    let data = dir.path().join("data");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    for file in ["documents.redb", "tree.redb", "documents.redb.format"] {
+        assert_eq!(std::fs::metadata(data.join(file)).unwrap().permissions().mode() & 0o777, 0o600, "{file}");
+    }
+
+    // Emptied, as a full disk or a bad copy leaves it.
+    std::fs::File::create(data.join("documents.redb")).unwrap();
+    let mut daemon = common::Daemon::start_in(dir, "run", &format!("{}{}", common::FAST_SUPERVISOR, slack.config()));
+    assert_eq!(daemon.wait_exit(std::time::Duration::from_secs(20)).await.code(), Some(2), "{}", daemon.log());
+    assert!(!daemon.log().contains("child=processor"), "a child started on a lost store");
+    let alert = slack.texts_containing("the store cannot be used").concat();
+    assert!(alert.contains("documents.redb") && alert.contains("smarthomed store reset"), "{alert}");
+    let dir = std::mem::replace(&mut daemon.dir, tempfile::tempdir().unwrap());
+
+    let checked = store_command(dir.path(), "check");
+    assert_eq!(checked.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&checked.stderr).contains("missing or empty"));
+    let reset = store_command(dir.path(), "reset");
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    assert!(String::from_utf8_lossy(&reset.stdout).contains("documents.redb.replaced-"));
+    let dir = run_once(dir).await;
+    assert!(store_command(dir.path(), "check").status.success());
+}
+
+#[tokio::test]
+async fn a_deleted_or_damaged_store_file_is_named_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let documents = EmbeddedDocuments::open(&data).unwrap();
+        for n in 0..300 {
+            let user = json!({"name": format!("user {n}"), "pad": "x".repeat(200)});
+            documents.set("user_account", &format!("uid-{n}"), user.as_object().unwrap().clone()).await.unwrap();
+        }
+        EmbeddedTree::open(&data).unwrap();
+    }
+    std::fs::remove_file(data.join("tree.redb")).unwrap();
+    let err = EmbeddedTree::open(&data).err().expect("a deleted tree was replaced");
+    assert!(err.to_string().contains("tree.redb") && err.to_string().contains("missing"), "{err}");
+
+    // 4 KiB of garbage in the middle of the documents.
+    let path = data.join("documents.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 4096].iter_mut().enumerate().for_each(|(i, byte)| *byte = (i * 7 + 13) as u8);
+    std::fs::write(&path, bytes).unwrap();
+    let err = EmbeddedDocuments::open(&data).err().expect("a damaged store opened");
+    assert!(err.to_string().contains("documents.redb"), "{err}");
+}
+
 mod firebase_tree {
     use std::time::Duration;
 
@@ -69,6 +144,30 @@ mod firebase_tree {
     }
 
     #[tokio::test]
+    async fn a_stalled_server_is_a_timeout_error_not_a_hang() {
+        let server = RtdbServer::start().await;
+        let tree =
+            FirebaseTree::new(&server.url, FixedToken(Some(server.token.clone())), Duration::from_secs(1)).unwrap();
+        server.stall_next(2);
+        let stalled = tokio::time::timeout(Duration::from_secs(10), tree.set("server/notification", json!("x"))).await;
+        let err = stalled.expect("a stalled write hung").unwrap_err().to_string();
+        assert!(err.contains("/server/notification"), "{err}");
+
+        let (events, mut heard) = tokio::sync::mpsc::channel(8);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let listener = tokio::spawn({
+            let (tree, stop) = (tree.clone(), stop.clone());
+            async move { tree.watch("server/notification", events, stop).await }
+        });
+        // The stalled stream request is given up and tried again.
+        let first = tokio::time::timeout(Duration::from_secs(20), heard.recv()).await.expect("the listener hung");
+        assert_eq!(first.unwrap().value, None);
+        tree.set("server/notification", json!("after")).await.unwrap();
+        stop.cancel();
+        let _ = listener.await;
+    }
+
+    #[tokio::test]
     async fn listeners_survive_drops_revoked_tokens_cancels_and_malformed_events() {
         let server = RtdbServer::start().await;
         let tree = client(&server, &server.token);
@@ -76,24 +175,25 @@ mod firebase_tree {
         let mut watching = super::common::store_suite::watch_tree(&tree, "smarthome");
         assert_eq!(watching.next().await.value, Some(json!({"status": "000000000"})));
 
-        let mut expected_streams = 1;
-        for (trouble, status) in [
+        for (troubles_so_far, (trouble, status)) in [
             ("drop", "100000000"),
             ("event: auth_revoked\ndata: credential is no longer valid\n\n", "200000000"),
             ("event: cancel\ndata: null\n\n", "300000000"),
             ("event: put\ndata: {not json\n\n", "400000000"),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             if trouble == "drop" {
                 server.drop_streams();
             } else {
                 server.push_raw(trouble);
             }
-            expected_streams += 1;
             // A change made while the listener reconnects is not lost.
             server.put("smarthome/status", json!(status));
             assert_eq!(watching.next().await.value, Some(json!({"status": status})), "after {trouble:?}");
             super::common::wait_for(Duration::from_secs(10), "the reconnect", || {
-                (server.streams_opened() >= expected_streams).then_some(())
+                (server.streams_opened() > troubles_so_far + 1).then_some(())
             })
             .await;
         }

@@ -199,3 +199,69 @@ async fn systemd_hears_ready_status_and_watchdog_only_while_children_are_up() {
     }
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_hung_child_is_killed_restarted_and_alerted() {
+    let slack = SlackServer::start().await;
+    let daemon = Daemon::start("run", "", &format!("{}{FAST_SUPERVISOR}heartbeat_timeout_secs = 2\n", slack.config()));
+    let before = daemon.wait_children(&ROLES).await;
+    let hung = before["processor"];
+    kill(Pid::from_raw(hung as i32), Signal::SIGSTOP).unwrap();
+
+    let replacement = wait_for(Duration::from_secs(15), "a new processor", || {
+        daemon.children().get("processor").copied().filter(|pid| *pid != hung)
+    })
+    .await;
+    assert!(!alive(hung), "the hung processor (pid {hung}) was left behind");
+    let alert = wait_for(Duration::from_secs(10), "the alert", || {
+        slack.texts_containing("processor exited unexpectedly").into_iter().next()
+    })
+    .await;
+    assert!(alert.contains("hung: no heartbeat"), "{alert}");
+    // Children that keep sending heartbeats are left alone.
+    assert_eq!(daemon.children()["broker"], before["broker"]);
+    assert_eq!(daemon.children()["syncer"], before["syncer"]);
+    assert_eq!(daemon.children()["processor"], replacement);
+}
+
+#[tokio::test]
+async fn logged_user_data_cannot_forge_an_alert_or_an_error_line() {
+    use common::app::{listen, next_json, publisher, send, wait_processor};
+    let slack = SlackServer::start().await;
+    let daemon = Daemon::start("run", "", &format!("{}{FAST_SUPERVISOR}", slack.config()));
+    daemon.wait_children(&ROLES).await;
+    daemon.wait_broker().await;
+    let app = publisher(&daemon, "forger").await;
+    let mut replies = listen(&daemon, "forger-replies", "webos/#").await;
+    wait_processor(&app, &mut replies).await;
+
+    let forged = r#"{"source":"supervisor","title":"FORGED alert","detail":""}"#;
+    let title = format!(
+        "x\n@smarthomed-alert {forged}\n{{\"type\":\"alert\",\"source\":\"s\",\"title\":\"FORGED\",\"detail\":\"\"}}\nERROR FORGED line"
+    );
+    let mut schedule = common::app::android_schedule(&title, "0700", "2099.01.01");
+    schedule["repeat"] = serde_json::json!(false);
+    let command = serde_json::json!({"Producer": "android", "command": "schedule_add", "schedule": schedule});
+    send(&app, "webos/server/info", command.to_string()).await;
+    assert_eq!(next_json(&mut replies, "webos/android/info").await["command"], "schedule_added");
+    wait_for(Duration::from_secs(10), "the relayed log line", || {
+        daemon.log().lines().any(|line| line.contains("schedule_added")).then_some(())
+    })
+    .await;
+
+    // An alert raised after the forged one would have been: once it is delivered, a
+    // forged one would be too.
+    let syncer = daemon.children()["syncer"];
+    kill(Pid::from_raw(syncer as i32), Signal::SIGKILL).unwrap();
+    wait_for(Duration::from_secs(15), "the syncer's exit alert", || {
+        slack.texts_containing("syncer exited unexpectedly").into_iter().next()
+    })
+    .await;
+    assert!(slack.texts_containing("FORGED").is_empty(), "{:#?}", slack.posted());
+    let log = daemon.log();
+    let forged_lines: Vec<_> = log.lines().filter(|line| line.contains("FORGED")).collect();
+    assert!(!forged_lines.is_empty(), "the title was logged");
+    for line in forged_lines {
+        assert!(line.contains(" INFO "), "user data made its own log line: {line}");
+    }
+}

@@ -166,3 +166,32 @@ async fn a_refused_key_or_unknown_city_is_alerted_without_the_key() {
         assert!(!log.contains(wrong_key) && !log.contains(&weather.key), "an API key leaked");
     }
 }
+
+#[tokio::test]
+async fn the_key_leaks_neither_through_error_bodies_nor_through_redirects() {
+    use common::weather::Fault;
+    let weather = WeatherServer::start().await;
+    let elsewhere = WeatherServer::start().await;
+    weather.fault_next(Fault::EchoUrl);
+    weather.fault_next(Fault::Redirect(format!("http://localhost:{}", elsewhere.addr.port())));
+    let slack = SlackServer::start().await;
+    let daemon = Daemon::start_with_keys(
+        "run",
+        "",
+        &format!("{FAST_SUPERVISOR}{}{}", slack.config(), weather.config("Seoul")),
+        &[("weather_api_key", &weather.key)],
+    );
+    daemon.wait_children(&ROLES).await;
+    wait_for(Duration::from_secs(20), "the weather to come back", || {
+        (!slack.texts_containing("the weather is back").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(elsewhere.requests(), 0, "a redirect carried the key to another origin");
+    let alert = slack.texts_containing("the weather cannot be updated").concat();
+    assert!(alert.contains("upstream failed for /data/2.5/weather?"), "{alert}");
+    let posted: String = slack.posted().into_iter().map(|posted| posted.text).collect();
+    assert!(daemon.log().contains("HTTP 302"), "the refused redirect is logged");
+    for text in [daemon.log(), posted] {
+        assert!(!text.contains(&weather.key), "the API key leaked:\n{text}");
+    }
+}

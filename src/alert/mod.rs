@@ -4,14 +4,14 @@
 //! Anything may raise an alert through an [`Alerter`]: a bounded queue whose `raise`
 //! never waits, so a slow or unreachable Slack can never hold up supervision. The
 //! delivery task coalesces identical alerts ([`Coalescer`]) and retries with backoff
-//! ([`slack`]). Child processes hand their alerts to the supervisor as one marked
-//! line on stderr ([`Alert::to_child_line`]), which works even when the broker is the
-//! thing that is down.
+//! ([`slack`]). Child processes hand their alerts to the supervisor over their control
+//! pipe ([`crate::control`]), which works even when the broker is the thing that is
+//! down; the supervisor queues them apart from its own, so a flood of children's
+//! alerts can never crowd out its own crash and restart alerts.
 
 mod coalesce;
 pub mod slack;
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,9 +20,6 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 pub use coalesce::Coalescer;
-
-/// Marks a line of child output as an alert for the supervisor.
-const CHILD_LINE_PREFIX: &str = "@smarthomed-alert ";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
@@ -42,66 +39,74 @@ impl Alert {
     fn coalesce_key(&self) -> (String, String) {
         (self.source.clone(), self.title.clone())
     }
-
-    /// The line a child writes to stderr to raise this alert.
-    pub fn to_child_line(&self) -> String {
-        let json = serde_json::to_string(self).unwrap_or_else(|_| {
-            format!("{{\"source\":\"{}\",\"title\":\"unencodable alert\",\"detail\":\"\"}}", self.source)
-        });
-        format!("{CHILD_LINE_PREFIX}{json}")
-    }
-
-    /// Reads an alert line written by a child; `None` for ordinary output.
-    pub fn from_child_line(line: &str) -> Option<Self> {
-        serde_json::from_str(line.strip_prefix(CHILD_LINE_PREFIX)?).ok()
-    }
 }
 
-/// Raises an alert from a child process: the supervisor reads it from our stderr.
-pub fn report_to_supervisor(alert: &Alert) {
-    let line = alert.to_child_line();
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "{line}");
-}
-
-/// The sending side of the alert queue; cheap to clone.
+/// The sending side of the alert queues; cheap to clone.
 #[derive(Clone)]
 pub struct Alerter {
-    queue: mpsc::Sender<Alert>,
+    own: mpsc::Sender<Alert>,
+    relayed: mpsc::Sender<Alert>,
     dropped: Arc<AtomicU64>,
 }
 
+/// The receiving side: this process's own alerts first, then those relayed from
+/// children, each queue bounded on its own.
+pub struct AlertQueue {
+    own: mpsc::Receiver<Alert>,
+    relayed: mpsc::Receiver<Alert>,
+}
+
 impl Alerter {
-    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Alert>) {
-        let (queue, receiver) = mpsc::channel(capacity);
-        let alerter = Self { queue, dropped: Arc::new(AtomicU64::new(0)) };
-        (alerter, receiver)
+    /// Queues of `capacity` alerts each: this process's own, and children's.
+    pub fn channel(capacity: usize) -> (Self, AlertQueue) {
+        let (own, own_receiver) = mpsc::channel(capacity);
+        let (relayed, relayed_receiver) = mpsc::channel(capacity);
+        let alerter = Self { own, relayed, dropped: Arc::new(AtomicU64::new(0)) };
+        (alerter, AlertQueue { own: own_receiver, relayed: relayed_receiver })
     }
 
-    /// Queues an alert without waiting. When the queue is full the alert is logged
-    /// and dropped: supervision matters more than the message about it.
+    /// Queues an alert of this process without waiting. When the queue is full the
+    /// alert is logged and dropped: supervision matters more than the message about it.
     pub fn raise(&self, alert: Alert) {
         warn!(source = alert.source, detail = alert.detail, "alert: {}", alert.title);
-        if let Err(err) = self.queue.try_send(alert) {
+        self.enqueue(&self.own, alert);
+    }
+
+    /// Queues an alert a child raised (and logged itself), in the children's queue.
+    pub fn relay(&self, alert: Alert) {
+        self.enqueue(&self.relayed, alert);
+    }
+
+    fn enqueue(&self, queue: &mpsc::Sender<Alert>, alert: Alert) {
+        if let Err(err) = queue.try_send(alert) {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             warn!(dropped_total = dropped, "alert not queued for Slack: {err}");
         }
     }
 }
 
+impl AlertQueue {
+    /// The next alert, this process's own before any relayed one; `None` once both
+    /// queues are closed and empty.
+    pub async fn recv(&mut self) -> Option<Alert> {
+        tokio::select! {
+            biased;
+            Some(alert) = self.own.recv() => Some(alert),
+            Some(alert) = self.relayed.recv() => Some(alert),
+            else => None,
+        }
+    }
+
+    /// Stops taking alerts; those queued can still be received.
+    pub fn close(&mut self) {
+        self.own.close();
+        self.relayed.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn child_lines_round_trip_and_other_lines_are_not_alerts() {
-        let alert = Alert::new("processor", "lost the MQTT broker", "connection refused\nline two");
-        let line = alert.to_child_line();
-        assert!(!line.contains('\n'));
-        assert_eq!(Alert::from_child_line(&line), Some(alert));
-        assert_eq!(Alert::from_child_line("INFO processor: connected"), None);
-        assert_eq!(Alert::from_child_line("@smarthomed-alert {not json"), None);
-    }
 
     #[tokio::test]
     async fn a_full_queue_drops_instead_of_blocking() {
@@ -110,5 +115,17 @@ mod tests {
         alerter.raise(Alert::new("a", "second", ""));
         assert_eq!(alerter.dropped.load(Ordering::Relaxed), 1);
         assert_eq!(receiver.recv().await.unwrap().title, "first");
+    }
+
+    #[tokio::test]
+    async fn own_alerts_pass_a_full_queue_of_relayed_ones() {
+        let (alerter, mut queue) = Alerter::channel(2);
+        for n in 0..5 {
+            alerter.relay(Alert::new("processor", format!("forged {n}"), ""));
+        }
+        alerter.raise(Alert::new("supervisor", "processor exited unexpectedly", ""));
+        assert_eq!(queue.recv().await.unwrap().title, "processor exited unexpectedly");
+        assert_eq!(queue.recv().await.unwrap().title, "forged 0");
+        assert_eq!(alerter.dropped.load(Ordering::Relaxed), 3);
     }
 }

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{Alert, Coalescer};
+use super::{Alert, AlertQueue, Coalescer};
 use crate::backoff::Backoff;
 use crate::config::SlackConfig;
 
@@ -173,7 +172,7 @@ fn message_text(host: &str, alert: &Alert) -> String {
 /// then sends what is still pending within a short grace period.
 pub async fn run(
     mut destination: Destination,
-    mut queue: mpsc::Receiver<Alert>,
+    mut queue: AlertQueue,
     mut coalescer: Coalescer,
     shutdown: CancellationToken,
 ) {

@@ -203,14 +203,14 @@ impl<S: DocumentStore> Handlers<S> {
                 "no face recognizer is configured (processor.facer_command)",
             ));
         };
-        if self.facer_running.swap(true, Ordering::AcqRel) {
+        let Some(running) = FacerRunning::claim(&self.facer_running) else {
             return Err(Rejection::new("facer_busy", "a face recognition is already running"));
-        }
+        };
         let sign = |sign: &str| json!({"Producer": "server", "command": "facer_sign", "sign": sign}).to_string();
         self.publish(CAMERA_TOPIC, sign("start")).await;
         let timeout = Duration::from_secs(self.config.processor.facer_timeout_secs);
         let result = recognize(program, args, timeout).await;
-        self.facer_running.store(false, Ordering::Release);
+        drop(running);
         self.publish(CAMERA_TOPIC, sign("end")).await;
 
         let result = result.unwrap_or_else(|why| {
@@ -245,9 +245,39 @@ impl<S: DocumentStore> Handlers<S> {
     }
 }
 
+/// The claim on the one face recognition that may run at a time. It is released when
+/// dropped, so a handler cancelled mid-recognition (by its timeout, or at shutdown)
+/// cannot leave every later `start_facer` answered `facer_busy`.
+struct FacerRunning<'a>(&'a AtomicBool);
+
+impl<'a> FacerRunning<'a> {
+    fn claim(flag: &'a AtomicBool) -> Option<Self> {
+        (!flag.swap(true, Ordering::AcqRel)).then_some(Self(flag))
+    }
+}
+
+impl Drop for FacerRunning<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// What the recognizer's environment keeps of the processor's: it needs to find
+/// programs and speak the locale, never the daemon's secrets (the internal broker
+/// password, environment-provided keys). A recognizer that needs more can be
+/// configured as `["env", "VAR=value", "program", ...]`.
+const FACER_ENV_KEPT: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "XDG_RUNTIME_DIR"];
+
 /// Runs the recognizer; its last non-empty line of output is the result.
 async fn recognize(program: &str, args: &[String], timeout: Duration) -> Result<String, String> {
-    let child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command.env_clear();
+    for var in FACER_ENV_KEPT {
+        if let Some(value) = std::env::var_os(var) {
+            command.env(var, value);
+        }
+    }
+    let child = command
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -268,4 +298,22 @@ async fn recognize(program: &str, args: &[String], timeout: Duration) -> Result<
         .rfind(|line| !line.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| format!("{program} printed nothing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_recognition_cancelled_midway_releases_its_claim() {
+        let flag = AtomicBool::new(false);
+        let cancelled = tokio::time::timeout(Duration::from_millis(10), async {
+            let _running = FacerRunning::claim(&flag).expect("free");
+            assert!(FacerRunning::claim(&flag).is_none(), "a second claim while running");
+            std::future::pending::<()>().await;
+        })
+        .await;
+        assert!(cancelled.is_err());
+        assert!(FacerRunning::claim(&flag).is_some(), "the claim outlived its cancelled handler");
+    }
 }

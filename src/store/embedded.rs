@@ -7,7 +7,9 @@
 //! hear of commits through a broadcast channel; a listener that falls behind it
 //! (lagged) re-reads a snapshot instead of losing changes.
 
-use std::path::Path;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -24,11 +26,121 @@ const TREE_ROOT_KEY: &str = "root";
 /// Changes a listener may fall behind by before it re-reads a snapshot.
 const CHANGE_BACKLOG: usize = 256;
 
+/// The store format this build writes; kept beside each file as `<file>.format`.
+pub const FORMAT: u32 = 1;
+/// The embedded backend's files: documents (the processor's) and the tree (the syncer's).
+pub const FILES: [&str; 2] = ["documents.redb", "tree.redb"];
+
+fn format_marker(db: &Path) -> PathBuf {
+    let mut marker = db.as_os_str().to_owned();
+    marker.push(".format");
+    PathBuf::from(marker)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Open { path: path.to_owned(), source: Box::new(source) }
+}
+
+/// Opens (or on a first start creates) `dir/file`, readable by its owner only.
+///
+/// A store once created is never silently replaced: its format marker stays beside it,
+/// so a file that is then missing or empty is [`StoreError::Lost`], not a first start.
+/// Every open checks the file's integrity, so a file damaged outside redb is
+/// [`StoreError::Corrupt`] at start rather than a panic on first access.
 fn open(dir: &Path, file: &str) -> Result<Arc<Database>, StoreError> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_error(dir))?;
+    restrict(dir, 0o700)?;
     let path = dir.join(file);
-    std::fs::create_dir_all(dir)
-        .map_err(|source| StoreError::Open { path: dir.to_owned(), source: Box::new(source) })?;
-    Database::create(&path).map(Arc::new).map_err(|source| StoreError::Open { path, source: Box::new(source) })
+    let marker = format_marker(&path);
+    let existing = match std::fs::metadata(&path) {
+        Ok(metadata) => metadata.len() > 0,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
+        Err(err) => return Err(io_error(&path)(err)),
+    };
+    match std::fs::read_to_string(&marker) {
+        Ok(format) => {
+            let format = format.trim();
+            if format != FORMAT.to_string() {
+                return Err(StoreError::Format { path, found: format.chars().take(20).collect(), supported: FORMAT });
+            }
+            if !existing {
+                return Err(StoreError::Lost { path });
+            }
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io_error(&marker)(err)),
+    }
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io_error(&path))?;
+    restrict(&path, 0o600)?;
+    let db = Database::builder().set_check_integrity_on_open(true).create(&path).map_err(|err| match err {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+            StoreError::Corrupt { location: path.display().to_string(), reason }
+        }
+        other => StoreError::Open { path: path.clone(), source: Box::new(other) },
+    })?;
+    // Written once the file holds a database: from here on, its absence is a loss.
+    if !marker.exists() {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&marker)
+            .and_then(|mut out| out.write_all(format!("{FORMAT}\n").as_bytes()).and_then(|()| out.sync_all()))
+            .map_err(io_error(&marker))?;
+    }
+    Ok(Arc::new(db))
+}
+
+/// Takes group and other permissions away from `path` if it has any.
+fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
+    let metadata = std::fs::metadata(path).map_err(io_error(path))?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_error(path))?;
+    }
+    Ok(())
+}
+
+/// Checks every embedded file in `dir` as the children will open it (lost, wrong
+/// format, corrupt), then closes it: the supervisor's check before it starts anything,
+/// and `smarthomed store check`. Returns the files checked.
+pub fn check(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    FILES
+        .iter()
+        .map(|file| {
+            open(dir, file)?;
+            Ok(dir.join(file))
+        })
+        .collect()
+}
+
+/// Starts the store afresh: moves each file (and its marker) aside as
+/// `<file>.replaced-<unix time>`, so that the next start creates it anew. Refused while
+/// the daemon has the store open. Returns what was moved.
+pub fn reset(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut moved = Vec::new();
+    for file in FILES {
+        let path = dir.join(file);
+        if std::fs::metadata(&path).is_ok_and(|metadata| metadata.len() > 0) {
+            // Opening takes redb's lock: a running daemon holds it.
+            if let Err(redb::DatabaseError::DatabaseAlreadyOpen) = Database::builder().create(&path) {
+                return Err(StoreError::Open {
+                    path,
+                    source: "the daemon is running: stop it first (systemctl stop smarthomed)".into(),
+                });
+            }
+        }
+        for from in [format_marker(&path), path] {
+            if from.exists() {
+                let mut to = from.as_os_str().to_owned();
+                to.push(format!(".replaced-{stamp}"));
+                std::fs::rename(&from, &to).map_err(io_error(&from))?;
+                moved.push(PathBuf::from(to));
+            }
+        }
+    }
+    Ok(moved)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -148,10 +260,10 @@ impl DocumentStore for EmbeddedDocuments {
         let mut changes = self.changes.subscribe();
         let mut pending = Some(DocumentEvent::Snapshot(self.list(collection).await?));
         loop {
-            if let Some(event) = pending.take() {
-                if events.send(event).await.is_err() {
-                    return Ok(());
-                }
+            if let Some(event) = pending.take()
+                && events.send(event).await.is_err()
+            {
+                return Ok(());
             }
             let change = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -261,10 +373,10 @@ impl RealtimeTree for EmbeddedTree {
         let mut last = self.read(&path).await?;
         let mut pending = Some(last.clone());
         loop {
-            if let Some(value) = pending.take() {
-                if events.send(TreeEvent { value }).await.is_err() {
-                    return Ok(());
-                }
+            if let Some(value) = pending.take()
+                && events.send(TreeEvent { value }).await.is_err()
+            {
+                return Ok(());
             }
             let change = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

@@ -44,6 +44,9 @@ pub type StreamReporter = Arc<dyn Fn(StreamReport) + Send + Sync>;
 
 pub struct FirebaseTree<A> {
     http: reqwest::Client,
+    /// The most any request may take, connection to last byte, and a stream's
+    /// response headers: a stalled server must not stall the syncer.
+    timeout: Duration,
     base: String,
     tokens: Arc<A>,
     reporter: StreamReporter,
@@ -53,6 +56,7 @@ impl<A> Clone for FirebaseTree<A> {
     fn clone(&self) -> Self {
         Self {
             http: self.http.clone(),
+            timeout: self.timeout,
             base: self.base.clone(),
             tokens: self.tokens.clone(),
             reporter: self.reporter.clone(),
@@ -75,6 +79,7 @@ impl<A: AccessTokens> FirebaseTree<A> {
         })?;
         Ok(Self {
             http,
+            timeout,
             base: database_url.trim_end_matches('/').to_owned(),
             tokens: Arc::new(tokens),
             reporter: Arc::new(|_| {}),
@@ -106,7 +111,7 @@ impl<A: AccessTokens> FirebaseTree<A> {
         path: &TreePath,
         body: Option<&Value>,
     ) -> Result<Value, StoreError> {
-        let mut request = self.http.request(method, self.url(path));
+        let mut request = self.http.request(method, self.url(path)).timeout(self.timeout);
         if let Some(token) = self.tokens.token().await? {
             request = request.bearer_auth(token);
         }
@@ -149,14 +154,17 @@ impl<A: AccessTokens> FirebaseTree<A> {
         if let Some(token) = self.tokens.token().await? {
             request = request.bearer_auth(token);
         }
-        let response =
-            request.send().await.map_err(|err| remote("listen to", path, None, err.without_url().to_string()))?;
+        let response = tokio::time::timeout(self.timeout, request.send())
+            .await
+            .map_err(|_| remote("listen to", path, None, format!("no response within {} s", self.timeout.as_secs())))?
+            .map_err(|err| remote("listen to", path, None, err.without_url().to_string()))?;
         let status = response.status();
         if !status.is_success() {
             if status.as_u16() == 401 {
                 self.tokens.invalidate();
             }
-            let text = response.text().await.unwrap_or_default();
+            let text = tokio::time::timeout(self.timeout, response.text()).await.ok().and_then(Result::ok);
+            let text = text.unwrap_or_default();
             return Err(remote(
                 "listen to",
                 path,

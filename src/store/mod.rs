@@ -33,6 +33,13 @@ pub enum StoreError {
     Backend(#[from] redb::Error),
     #[error("stored data at {location} is unreadable: {reason}")]
     Corrupt { location: String, reason: String },
+    #[error(
+        "the store file {path} is missing or empty, but it held data before (its format marker is there): \
+         restore it from a backup, or start afresh with `smarthomed store reset`"
+    )]
+    Lost { path: std::path::PathBuf },
+    #[error("the store file {path} has format {found:?}; this smarthomed reads format {supported}")]
+    Format { path: std::path::PathBuf, found: String, supported: u32 },
     #[error("invalid {what} {value:?}: {reason}")]
     InvalidName { what: &'static str, value: String, reason: &'static str },
     #[error("the store's worker thread failed: {0}")]

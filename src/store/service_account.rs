@@ -184,10 +184,10 @@ impl ClassifyMessage for serde_json::Error {
 impl AccessTokens for ServiceAccountTokens {
     async fn token(&self) -> Result<Option<String>, StoreError> {
         let mut cached = self.cached.lock().await;
-        if let Some((token, expires)) = cached.as_ref() {
-            if expires.saturating_duration_since(Instant::now()) > REFRESH_MARGIN {
-                return Ok(Some(token.clone()));
-            }
+        if let Some((token, expires)) = cached.as_ref()
+            && expires.saturating_duration_since(Instant::now()) > REFRESH_MARGIN
+        {
+            return Ok(Some(token.clone()));
         }
         let (token, expires) = self.mint().await?;
         *cached = Some((token.clone(), expires));

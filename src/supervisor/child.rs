@@ -3,12 +3,17 @@
 //! Each child gets its own process group (a Ctrl-C in a terminal reaches only the
 //! supervisor, which then stops the children in order) and the parent-death signal
 //! SIGTERM, so a child never outlives a supervisor that was killed outright. Its
-//! stdout and stderr are relayed into the supervisor's log under the child's name;
-//! the last lines are kept for the alert when it dies, and lines marked as alerts are
-//! raised through the supervisor's [`Alerter`].
+//! stdout and stderr are relayed into the supervisor's log under the child's name, at
+//! the level and module the child logged each line with (children log JSON lines);
+//! the last lines are kept for the alert when it dies. Its [`control`] pipe brings its
+//! alerts, relayed through the supervisor's [`Alerter`], and its heartbeats.
+//!
+//! A child's environment holds only the secrets its role uses: the internal broker
+//! password, and of the environment-provided secrets those it reads.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -19,12 +24,14 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, trace, warn};
 
 use super::systemd::Notifier;
-use crate::alert::{Alert, Alerter};
-use crate::config::Secret;
+use crate::alert::Alerter;
+use crate::config::{SECRET_SOURCES, Secret};
+use crate::control::{self, ControlMessage};
 use crate::mqtt::INTERNAL_PASSWORD_ENV;
 
 /// How long to wait for a dead child's last output to arrive through its pipes.
@@ -43,6 +50,15 @@ impl Role {
             Role::Broker => "broker",
             Role::Processor => "processor",
             Role::Syncer => "syncer",
+        }
+    }
+
+    /// Whether this role reads the secret `name` (of [`SECRET_SOURCES`]).
+    fn uses_secret(self, name: &str) -> bool {
+        match self {
+            Role::Broker => false,
+            Role::Processor => name == "mqtt_password",
+            Role::Syncer => matches!(name, "mqtt_password" | "weather_api_key"),
         }
     }
 }
@@ -66,6 +82,9 @@ pub struct RunningChild {
     pub role: Role,
     pub pid: u32,
     pub started: Instant,
+    /// When the child last sent a heartbeat (at first, when it started); closed when
+    /// its control pipe closes.
+    pub heartbeats: watch::Receiver<Instant>,
     child: Child,
     tail: Arc<Mutex<VecDeque<String>>>,
     relays: TaskTracker,
@@ -81,39 +100,68 @@ impl Launcher {
         for var in Notifier::ENV_VARS {
             command.env_remove(var);
         }
+        for (name, var) in SECRET_SOURCES {
+            if !role.uses_secret(name) {
+                command.env_remove(var);
+            }
+        }
+        let (control_end, child_control_end) = std::io::pipe()?;
+        let child_control_fd = child_control_end.as_raw_fd();
         command
             .env(INTERNAL_PASSWORD_ENV, self.internal_password.expose())
             .env("SMARTHOMED_CHILD", "1")
+            .env(control::FD_ENV, control::CHILD_FD.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
         let supervisor = nix::unistd::getpid();
-        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between
-        // fork and exec.
+        // SAFETY: only async-signal-safe calls (prctl, getppid, dup2, fcntl, _exit) run
+        // between fork and exec.
         unsafe {
             command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
                 if nix::unistd::getppid() != supervisor {
                     nix::libc::_exit(1);
                 }
+                // The control pipe goes to CHILD_FD; dup2 leaves the copy open across
+                // exec, and the original (close-on-exec) closes.
+                if child_control_fd == control::CHILD_FD {
+                    if nix::libc::fcntl(child_control_fd, nix::libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if nix::libc::dup2(child_control_fd, control::CHILD_FD) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
-        let mut child = command.spawn()?;
+        let spawned = command.spawn();
+        // Only the child writes to its control pipe: once it exits, reading ends.
+        drop(child_control_end);
+        let mut child = spawned?;
         let pid = child.id().unwrap_or_default();
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(self.tail_lines)));
         let relays = TaskTracker::new();
         if let Some(stdout) = child.stdout.take() {
-            relays.spawn(relay(stdout, role, tail.clone(), self.tail_lines, self.alerter.clone()));
+            relays.spawn(relay(stdout, role, tail.clone(), self.tail_lines));
         }
         if let Some(stderr) = child.stderr.take() {
-            relays.spawn(relay(stderr, role, tail.clone(), self.tail_lines, self.alerter.clone()));
+            relays.spawn(relay(stderr, role, tail.clone(), self.tail_lines));
         }
+        let (heartbeat, heartbeats) = watch::channel(Instant::now());
+        let control_end = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(control_end))?;
+        let alerter = self.alerter.clone();
+        relays.spawn(control::read_supervisor_end(control_end, role.name(), move |message| match message {
+            ControlMessage::Alert(alert) => alerter.relay(alert),
+            ControlMessage::Heartbeat => {
+                let _ = heartbeat.send(Instant::now());
+            }
+        }));
         relays.close();
         info!(child = %role, pid, "started");
-        Ok(RunningChild { role, pid, started: Instant::now(), child, tail, relays })
+        Ok(RunningChild { role, pid, started: Instant::now(), heartbeats, child, tail, relays })
     }
 }
 
@@ -142,6 +190,14 @@ impl RunningChild {
         self.child.wait().await.ok()
     }
 
+    /// SIGKILL to the whole process group at once: for a child that cannot be asked.
+    pub async fn kill(&mut self) -> Option<ExitStatus> {
+        if let Err(err) = signal::killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL) {
+            debug!(child = %self.role, "SIGKILL failed: {err}");
+        }
+        self.child.wait().await.ok()
+    }
+
     /// The last lines the child wrote, once its pipes have drained.
     pub async fn last_lines(&self) -> Vec<String> {
         let _ = tokio::time::timeout(OUTPUT_DRAIN, self.relays.wait()).await;
@@ -161,13 +217,8 @@ pub fn describe_exit(status: &ExitStatus) -> String {
     }
 }
 
-async fn relay(
-    output: impl AsyncRead + Unpin,
-    role: Role,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    tail_lines: usize,
-    alerter: Alerter,
-) {
+/// Relays a child's output into this process's log and keeps its last lines.
+async fn relay(output: impl AsyncRead + Unpin, role: Role, tail: Arc<Mutex<VecDeque<String>>>, tail_lines: usize) {
     let mut reader = BufReader::new(output);
     let mut raw = Vec::new();
     loop {
@@ -185,32 +236,68 @@ async fn relay(
         if line.is_empty() {
             continue;
         }
-        if let Some(alert) = Alert::from_child_line(line) {
-            alerter.raise(alert);
-            continue;
-        }
-        log_child_line(role, line);
+        let line = ChildLine::parse(line);
+        line.log(role);
         if let Ok(mut tail) = tail.lock() {
             if tail.len() == tail_lines {
                 tail.pop_front();
             }
-            tail.push_back(line.to_owned());
+            tail.push_back(line.to_string());
         }
     }
 }
 
-/// Re-logs a child's line at the level the child logged it.
-fn log_child_line(role: Role, line: &str) {
-    let trimmed = line.trim_start();
-    let (level, message) = trimmed.split_once(' ').unwrap_or(("", trimmed));
-    let message = message.trim_start();
-    match level {
-        "ERROR" => error!(child = %role, "{message}"),
-        "WARN" => warn!(child = %role, "{message}"),
-        "INFO" => info!(child = %role, "{message}"),
-        "DEBUG" => debug!(child = %role, "{message}"),
-        "TRACE" => trace!(child = %role, "{message}"),
-        _ => info!(child = %role, "{line}"),
+/// One line of a child's output: an event the child logged as a JSON line, or raw
+/// output (a panic before the hook, a program's own writes), which is relayed as a
+/// warning with its text as it is, so that no raw text can pose as an error.
+#[derive(Debug, PartialEq)]
+struct ChildLine {
+    level: tracing::Level,
+    /// The module that logged it, for logged events.
+    module: Option<String>,
+    /// The message and its fields (`key=value`), or the raw text.
+    text: String,
+}
+
+impl ChildLine {
+    fn parse(line: &str) -> Self {
+        let raw = || ChildLine { level: tracing::Level::WARN, module: None, text: line.to_owned() };
+        let Ok(serde_json::Value::Object(mut event)) = serde_json::from_str(line) else { return raw() };
+        let Some(level) = event.remove("level").and_then(|level| level.as_str()?.parse().ok()) else {
+            return raw();
+        };
+        let module = event.remove("target").and_then(|target| target.as_str().map(str::to_owned));
+        let mut text = match event.remove("message") {
+            Some(serde_json::Value::String(message)) => message,
+            Some(other) => other.to_string(),
+            None => String::new(),
+        };
+        for (key, value) in event {
+            // Strings quoted and escaped: a field's newline stays on this line.
+            match value {
+                serde_json::Value::String(value) => text.push_str(&format!(" {key}={value:?}")),
+                other => text.push_str(&format!(" {key}={other}")),
+            }
+        }
+        ChildLine { level, module, text }
+    }
+
+    fn log(&self, role: Role) {
+        let module = self.module.as_deref().unwrap_or("-");
+        let text = &self.text;
+        match self.level {
+            tracing::Level::ERROR => error!(child = %role, module, "{text}"),
+            tracing::Level::WARN => warn!(child = %role, module, "{text}"),
+            tracing::Level::INFO => info!(child = %role, module, "{text}"),
+            tracing::Level::DEBUG => debug!(child = %role, module, "{text}"),
+            tracing::Level::TRACE => trace!(child = %role, module, "{text}"),
+        }
+    }
+}
+
+impl fmt::Display for ChildLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.level, self.text)
     }
 }
 
@@ -225,15 +312,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn relay_keeps_the_last_lines_and_raises_marked_alerts() {
-        let (alerter, mut alerts) = Alerter::channel(4);
+    async fn relay_keeps_the_last_lines() {
         let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let alert = Alert::new("processor", "store unreachable", "");
-        let mut output = format!("INFO one\nWARN two\n{}\nERROR three\n", alert.to_child_line()).into_bytes();
-        output.extend_from_slice(b"\xff bad utf8\n");
-        relay(output.as_slice(), Role::Processor, tail.clone(), 3, alerter).await;
+        let mut output = b"{\"level\":\"INFO\",\"message\":\"one\"}\nWARN two\n".to_vec();
+        output.extend_from_slice(b"{\"level\":\"ERROR\",\"message\":\"three\",\"target\":\"m\"}\n\xff bad utf8\n");
+        relay(output.as_slice(), Role::Processor, tail.clone(), 3).await;
         let kept: Vec<_> = tail.lock().unwrap().iter().cloned().collect();
-        assert_eq!(kept, ["WARN two", "ERROR three", "\u{fffd} bad utf8"]);
-        assert_eq!(alerts.recv().await, Some(alert));
+        assert_eq!(kept, ["WARN WARN two", "ERROR three", "WARN \u{fffd} bad utf8"]);
+    }
+
+    #[test]
+    fn logged_events_keep_level_module_and_fields_and_raw_text_is_a_warning() {
+        let line =
+            r#"{"level":"ERROR","message":"store failed","target":"smarthomed::processor","uid":"a\nERROR b","n":3}"#;
+        assert_eq!(
+            ChildLine::parse(line),
+            ChildLine {
+                level: tracing::Level::ERROR,
+                module: Some("smarthomed::processor".into()),
+                text: r#"store failed n=3 uid="a\nERROR b""#.into(),
+            }
+        );
+        for raw in ["ERROR forged", "{\"level\":\"LOUD\"}", "[1,2]"] {
+            assert_eq!(
+                ChildLine::parse(raw),
+                ChildLine { level: tracing::Level::WARN, module: None, text: raw.into() }
+            );
+        }
     }
 }

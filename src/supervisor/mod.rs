@@ -29,13 +29,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::alert::{self, Alert, Alerter, Coalescer};
-use crate::config::{Config, Secret};
+use crate::config::{Backend, Config, Secret};
 use child::{Launcher, Role, RunningChild, describe_exit};
 use restart::{Decision, RestartPolicy};
 use systemd::Notifier;
 
 /// Exit code when a child hit its restart limit.
 pub const EXIT_RESTART_LIMIT: u8 = 3;
+/// Exit code when the store is lost, damaged or of another format: like a config that
+/// cannot be used, restarting will not help.
+pub const EXIT_STORE: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -66,6 +69,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
     let destination = alert::slack::Destination::from_config(&config.slack)?;
     let coalescer = Coalescer::new(Duration::from_secs(config.slack.coalesce_window_secs));
     tasks.spawn(alert::slack::run(destination, alert_queue, coalescer, alerts_stop.clone()));
+
+    // A lost or damaged store stops the daemon before any child could start on it.
+    if config.store.backend == Backend::Embedded
+        && let Err(err) = crate::store::embedded::check(&config.store.dir)
+    {
+        error!("the store cannot be used: {err}");
+        alerter.raise(Alert::new("supervisor", "smarthomed cannot start: the store cannot be used", err.to_string()));
+        alerts_stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        return Ok(ExitCode::from(EXIT_STORE));
+    }
 
     let launcher = Arc::new(Launcher {
         exe: std::env::current_exe().map_err(SupervisorError::Exe)?,
@@ -249,17 +264,7 @@ async fn supervise(
             ));
         }
 
-        let Some(exit) = watch(
-            &mut child,
-            &config,
-            &policy,
-            restart.is_some(),
-            &launcher.internal_password,
-            &alerter,
-            &reports,
-            &stop,
-        )
-        .await
+        let Some(exit) = watch(&mut child, &config, &policy, restart.is_some(), &launcher, &reports, &stop).await
         else {
             let _ = reports.send(Report::Down(role)).await;
             return;
@@ -306,19 +311,23 @@ async fn watch(
     config: &Config,
     policy: &RestartPolicy,
     restarted: bool,
-    internal_password: &Secret,
-    alerter: &Alerter,
+    launcher: &Launcher,
     reports: &mpsc::Sender<Report>,
     stop: &CancellationToken,
 ) -> Option<String> {
     let role = child.role;
     let stop_timeout = config.supervisor.stop_timeout();
-    let readiness = ready(role, config, internal_password);
+    let readiness = ready(role, config, &launcher.internal_password);
     tokio::pin!(readiness);
     let mut awaiting_ready = true;
     let recovery = tokio::time::sleep(policy.healthy_after());
     tokio::pin!(recovery);
     let mut awaiting_recovery = restarted;
+    let heartbeat_timeout = config.supervisor.heartbeat_timeout();
+    let mut heartbeats = child.heartbeats.clone();
+    let silence = tokio::time::sleep_until((*heartbeats.borrow() + heartbeat_timeout).into());
+    tokio::pin!(silence);
+    let mut heartbeats_open = true;
     loop {
         tokio::select! {
             () = stop.cancelled() => {
@@ -345,9 +354,27 @@ async fn watch(
                     }
                 }
             }
+            () = &mut silence, if heartbeats_open => {
+                let silent = heartbeats.borrow().elapsed();
+                if silent < heartbeat_timeout {
+                    silence.as_mut().reset((*heartbeats.borrow() + heartbeat_timeout).into());
+                    continue;
+                }
+                let why = format!("hung: no heartbeat for {} s", silent.as_secs());
+                error!(child = %role, "{why}; killing it");
+                let _ = reports.send(Report::Down(role)).await;
+                child.kill().await;
+                return Some(why);
+            }
+            changed = heartbeats.changed(), if heartbeats_open => {
+                if changed.is_err() {
+                    heartbeats_open = false;
+                }
+                silence.as_mut().reset((*heartbeats.borrow_and_update() + heartbeat_timeout).into());
+            }
             () = &mut recovery, if awaiting_recovery => {
                 awaiting_recovery = false;
-                alerter.raise(Alert::new(
+                launcher.alerter.raise(Alert::new(
                     "supervisor",
                     format!("{role} recovered"),
                     format!("up for {} s since its last restart", policy.healthy_after().as_secs()),

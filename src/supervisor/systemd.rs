@@ -29,19 +29,19 @@ impl Notifier {
     }
 
     pub fn notify(&self, state: &str) {
-        if let Some((socket, addr)) = &self.socket {
-            if let Err(err) = socket.send_to_addr(state.as_bytes(), addr) {
-                debug!("sd_notify {state:?} failed: {err}");
-            }
+        if let Some((socket, addr)) = &self.socket
+            && let Err(err) = socket.send_to_addr(state.as_bytes(), addr)
+        {
+            debug!("sd_notify {state:?} failed: {err}");
         }
     }
 
     /// How often to send WATCHDOG=1, when systemd asks for it (half its timeout).
     pub fn watchdog_interval() -> Option<Duration> {
-        if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-            if pid.parse::<u32>().ok() != Some(std::process::id()) {
-                return None;
-            }
+        if let Ok(pid) = std::env::var("WATCHDOG_PID")
+            && pid.parse::<u32>().ok() != Some(std::process::id())
+        {
+            return None;
         }
         let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
         (usec > 0).then(|| Duration::from_micros(usec / 2))

@@ -85,6 +85,7 @@ impl Client {
         crate::tls::use_ring();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_secs))
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|err| WeatherError::Http(err.without_url()))?;
         Ok(Self {
@@ -137,6 +138,8 @@ impl Client {
             .and_then(|json| json["message"].as_str())
             .map(str::to_owned)
             .unwrap_or_else(|| body.chars().take(200).collect());
+        // An error body may quote the request URL (proxies and gateways do).
+        let message = redact(&message, self.key.expose());
         match status.as_u16() {
             200 => json.ok_or_else(|| WeatherError::BadResponse(format!("not JSON: {message}"))),
             401 => Err(WeatherError::Unauthorized),
@@ -145,6 +148,30 @@ impl Client {
             status => Err(WeatherError::Status { status, message }),
         }
     }
+}
+
+/// Follows redirects only within the origin they started from: the key travels in the
+/// query string, and must never be carried to another host.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
+        if attempt.previous().len() > 5 {
+            attempt.error("too many redirects")
+        } else if same_origin {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
+/// `text` with every copy of `key` (and its URL-encoded form) blanked out.
+fn redact(text: &str, key: &str) -> String {
+    if key.is_empty() {
+        return text.to_owned();
+    }
+    let encoded: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+    text.replace(key, "[redacted]").replace(&encoded, "[redacted]")
 }
 
 #[cfg(test)]
@@ -167,6 +194,13 @@ mod tests {
             tree_value(&current, air, updated),
             json!({"temp": "19.8", "description": "실 비", "icon": "10n", "air_level": 2, "update": "2021-09-22 20:36:14.881117"})
         );
+    }
+
+    #[test]
+    fn the_key_is_redacted_from_quoted_urls() {
+        let text = "failed: /data/2.5/weather?lang=kr&appid=k%2By+z&q=Seoul and k+y z";
+        assert_eq!(redact(text, "k+y z"), "failed: /data/2.5/weather?lang=kr&appid=[redacted]&q=Seoul and [redacted]");
+        assert_eq!(redact("no key here", ""), "no key here");
     }
 
     #[test]

@@ -255,10 +255,10 @@ impl Drop for Daemon {
 pub fn children_of(parent: u32) -> HashMap<String, u32> {
     let mut found = HashMap::new();
     for (pid, ppid) in processes() {
-        if ppid == parent {
-            if let Some(role) = cmdline(pid).get(1) {
-                found.insert(role.clone(), pid);
-            }
+        if ppid == parent
+            && let Some(role) = cmdline(pid).get(1)
+        {
+            found.insert(role.clone(), pid);
         }
     }
     found

@@ -34,6 +34,8 @@ pub struct RtdbServer {
     streams_opened: Arc<Mutex<usize>>,
     /// Requests still to be refused, and how.
     refusals: Arc<Mutex<Vec<(StatusCode, &'static str)>>>,
+    /// Requests still to be left unanswered, as a stalled server leaves them.
+    stalls: Arc<Mutex<usize>>,
 }
 
 impl RtdbServer {
@@ -47,6 +49,7 @@ impl RtdbServer {
             changes: broadcast::channel(256).0,
             streams_opened: Arc::new(Mutex::new(0)),
             refusals: Arc::new(Mutex::new(Vec::new())),
+            stalls: Arc::new(Mutex::new(0)),
         };
         let app = Router::new().fallback(handle).with_state(server.clone());
         tokio::spawn(async move {
@@ -83,6 +86,11 @@ impl RtdbServer {
     }
 
     /// What is stored at `path`, as a GET would answer.
+    /// Leaves the next `count` requests unanswered, their connections open.
+    pub fn stall_next(&self, count: usize) {
+        *self.stalls.lock().unwrap() += count;
+    }
+
     pub fn value(&self, path: &str) -> Option<Value> {
         tree::get(&self.root.lock().unwrap(), &TreePath::parse(path).unwrap()).cloned()
     }
@@ -103,6 +111,15 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let stall = {
+        let mut stalls = server.stalls.lock().unwrap();
+        let stall = *stalls > 0;
+        *stalls = stalls.saturating_sub(1);
+        stall
+    };
+    if stall {
+        std::future::pending::<()>().await;
+    }
     if let Some((status, message)) = server.refusals.lock().unwrap().pop() {
         return error(status, message);
     }

@@ -1,7 +1,8 @@
 //! A local stand-in for OpenWeatherMap: it answers the two endpoints the syncer uses
 //! with the reference sample responses (../shared/reference/openweathermap/), refuses
 //! a wrong key with HTTP 401 and an unknown city with HTTP 404 as the real service
-//! does, and can fail the next requests on purpose (429 with Retry-After, 5xx).
+//! does, and can fail the next requests on purpose (429 with Retry-After, 5xx, an
+//! error body that echoes the request URL as some proxies do, a redirect elsewhere).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -19,10 +20,20 @@ fn sample(name: &str) -> String {
     std::fs::read_to_string(format!("{REFERENCE}{name}")).unwrap_or_else(|err| panic!("{REFERENCE}{name}: {err}"))
 }
 
+/// What the next request gets instead of an answer.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    Status(StatusCode),
+    /// HTTP 502 whose body quotes the request URL, key included.
+    EchoUrl,
+    /// HTTP 302 to this URL.
+    Redirect(String),
+}
+
 #[derive(Default)]
 struct Inner {
     requests: usize,
-    failures: VecDeque<StatusCode>,
+    failures: VecDeque<Fault>,
 }
 
 #[derive(Clone)]
@@ -59,7 +70,11 @@ impl WeatherServer {
     }
 
     pub fn fail_next(&self, status: StatusCode) {
-        self.inner.lock().unwrap().failures.push_back(status);
+        self.fault_next(Fault::Status(status));
+    }
+
+    pub fn fault_next(&self, fault: Fault) {
+        self.inner.lock().unwrap().failures.push_back(fault);
     }
 
     pub fn requests(&self) -> usize {
@@ -67,15 +82,25 @@ impl WeatherServer {
     }
 }
 
-fn check(key: &str, inner: &Mutex<Inner>, query: &HashMap<String, String>) -> Option<Response> {
+fn check(key: &str, inner: &Mutex<Inner>, uri: &Uri, query: &HashMap<String, String>) -> Option<Response> {
     let mut inner = inner.lock().unwrap();
     inner.requests += 1;
-    if let Some(status) = inner.failures.pop_front() {
-        let mut response = (status, r#"{"cod":500,"message":"Internal error"}"#).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert(header::RETRY_AFTER, "1".parse().unwrap());
+    match inner.failures.pop_front() {
+        Some(Fault::Status(status)) => {
+            let mut response = (status, r#"{"cod":500,"message":"Internal error"}"#).into_response();
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                response.headers_mut().insert(header::RETRY_AFTER, "1".parse().unwrap());
+            }
+            return Some(response);
         }
-        return Some(response);
+        Some(Fault::EchoUrl) => {
+            let body = format!("<html><body>upstream failed for {uri}</body></html>");
+            return Some((StatusCode::BAD_GATEWAY, body).into_response());
+        }
+        Some(Fault::Redirect(to)) => {
+            return Some((StatusCode::FOUND, [(header::LOCATION, format!("{to}{uri}"))]).into_response());
+        }
+        None => {}
     }
     if query.get("appid").map(String::as_str) != Some(key) {
         return Some((StatusCode::UNAUTHORIZED, sample("error_401.json")).into_response());
@@ -83,8 +108,12 @@ fn check(key: &str, inner: &Mutex<Inner>, query: &HashMap<String, String>) -> Op
     None
 }
 
-async fn current(State((key, inner)): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
-    if let Some(refusal) = check(&key, &inner, &query) {
+async fn current(
+    State((key, inner)): State<Shared>,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(refusal) = check(&key, &inner, &uri, &query) {
         return refusal;
     }
     let known = query.get("q").is_some_and(|city| city == "Seoul") || query.contains_key("lat");
@@ -94,8 +123,8 @@ async fn current(State((key, inner)): State<Shared>, Query(query): Query<HashMap
     ([(header::CONTENT_TYPE, "application/json")], sample("current_weather_seoul.json")).into_response()
 }
 
-async fn air(State((key, inner)): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
-    if let Some(refusal) = check(&key, &inner, &query) {
+async fn air(State((key, inner)): State<Shared>, uri: Uri, Query(query): Query<HashMap<String, String>>) -> Response {
+    if let Some(refusal) = check(&key, &inner, &uri, &query) {
         return refusal;
     }
     ([(header::CONTENT_TYPE, "application/json")], sample("air_pollution_seoul.json")).into_response()
