@@ -113,6 +113,15 @@ async fn a_deleted_or_damaged_store_file_is_named_not_replaced() {
     std::fs::write(&path, bytes).unwrap();
     let err = EmbeddedDocuments::open(&data).err().expect("a damaged store opened");
     assert!(err.to_string().contains("documents.redb"), "{err}");
+
+    std::fs::write(dir.path().join("smarthomed.toml"), format!("[store]\ndir = {:?}\n", data.display().to_string()))
+        .unwrap();
+    let checked = store_command(dir.path(), "check");
+    assert_eq!(checked.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&checked.stderr).contains("documents.redb"));
+    let reset = store_command(dir.path(), "reset");
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    EmbeddedDocuments::open(&data).expect("a fresh store after the reset");
 }
 
 mod firebase_tree {

@@ -49,7 +49,11 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 /// [`StoreError::Corrupt`] at start rather than a panic on first access.
 fn open(dir: &Path, file: &str) -> Result<Arc<Database>, StoreError> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_error(dir))?;
-    restrict(dir, 0o700)?;
+    // A directory chosen by the operator may not be ours to change: the files in it
+    // are private all the same.
+    if let Err(err) = restrict(dir, 0o700) {
+        tracing::warn!("cannot make the store directory private: {err}");
+    }
     let path = dir.join(file);
     let marker = format_marker(&path);
     let existing = match std::fs::metadata(&path) {
@@ -123,8 +127,10 @@ pub fn reset(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     for file in FILES {
         let path = dir.join(file);
         if std::fs::metadata(&path).is_ok_and(|metadata| metadata.len() > 0) {
-            // Opening takes redb's lock: a running daemon holds it.
-            if let Err(redb::DatabaseError::DatabaseAlreadyOpen) = Database::builder().create(&path) {
+            // Opening takes redb's lock: a running daemon holds it. The integrity check
+            // keeps a damaged file (what a reset is often for) from panicking redb.
+            let opened = Database::builder().set_check_integrity_on_open(true).create(&path);
+            if let Err(redb::DatabaseError::DatabaseAlreadyOpen) = opened {
                 return Err(StoreError::Open {
                     path,
                     source: "the daemon is running: stop it first (systemctl stop smarthomed)".into(),
