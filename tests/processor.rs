@@ -226,6 +226,10 @@ async fn start_facer_signals_the_camera_and_answers_with_the_recognised_user() {
     let car = publisher(&daemon, "car-pub").await;
     wait_processor(&car, &mut replies).await;
     send(&car, "webos/server/info", r#"{"Producer":"car","command":"signup","UID":"face-uid","name":"Driver"}"#).await;
+    // start_facer is not ordered after the signup (it has no subject): a signin, which
+    // is, shows the user stored.
+    send(&car, "webos/server/info", r#"{"Producer":"car","command":"signin","UID":"face-uid"}"#).await;
+    assert_eq!(next_json(&mut replies, "webos/car/info").await["name"], "Driver");
 
     for (recognised, result, name) in
         [("face-uid", "face-uid", "Driver"), ("none", "none", "fail"), ("ghost", "ghost", "fail")]
