@@ -226,3 +226,42 @@ async fn the_processor_waits_for_an_unreachable_firestore_and_alerts_once() {
     .await;
     assert_eq!(daemon.children()["processor"], processor, "the processor was restarted instead of waiting");
 }
+
+#[tokio::test]
+async fn commands_waiting_behind_a_stalled_store_leave_handlers_for_the_rest() {
+    let firebase = Firebase::start().await;
+    let route = CuttableProxy::start(firebase.emulator).await;
+    let config =
+        firebase.config().replace(firebase.emulator, &route.host).replace("timeout_secs = 5", "timeout_secs = 120");
+    let processor = "[processor]\nmax_concurrent_handlers = 2\nhandler_timeout_ms = 120000\n";
+    let daemon = Daemon::start("run", "", &format!("{config}{FAST_SUPERVISOR}{processor}"));
+    daemon.wait_children(&ROLES).await;
+    daemon.wait_broker().await;
+    let mut replies = listen(&daemon, "app", "webos/#").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+
+    // The store stops answering while a burst of commands on one user arrives: the
+    // first waits for the store, the rest wait for it, holding no handler.
+    route.freeze();
+    for n in 0..4 {
+        let signup = json!({"Producer": "android", "command": "signup", "UID": "stalled", "name": n.to_string()});
+        send(&app, "webos/server/info", signup.to_string()).await;
+    }
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"control","control":"009060210"}"#).await;
+    expect_message(&mut replies, "webos/smarthome/info", "009060210").await;
+
+    // Once the store answers again, the burst completes in order.
+    route.thaw();
+    let signin = r#"{"Producer":"android","command":"signin","UID":"stalled"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        send(&app, "webos/server/info", signin).await;
+        let reply = next_json(&mut replies, "webos/android/info").await;
+        if reply["name"] == "3" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the burst did not complete: {reply}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

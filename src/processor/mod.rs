@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Publish, QoS};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -183,6 +183,33 @@ pub async fn run_with_store<S: DocumentStore>(
     Ok(())
 }
 
+/// Waits for a free handler slot; `None` at shutdown, which leaves the command
+/// unacknowledged for redelivery. A long wait is logged and alerted as overload.
+async fn handler_slot(
+    permits: &Arc<Semaphore>,
+    alerter: &crate::alert::Alerter,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    let waited = Instant::now();
+    let permit = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => return None,
+        permit = permits.clone().acquire_owned() => permit.ok()?,
+    };
+    if waited.elapsed() >= OVERLOAD_AFTER {
+        warn!(waited = ?waited.elapsed(), "overloaded: every command handler was busy");
+        alerter.raise(Alert::new(
+            ROLE,
+            "overloaded: commands wait for a free handler",
+            format!(
+                "waited {} ms; raise processor.max_concurrent_handlers if this recurs",
+                waited.elapsed().as_millis()
+            ),
+        ));
+    }
+    Some(permit)
+}
+
 /// A received message and the signal that it has been handled.
 struct Unacked {
     publish: Publish,
@@ -264,29 +291,13 @@ impl<S: DocumentStore> Dispatcher<S> {
             return sent.is_ok();
         }
 
-        let waited = Instant::now();
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => return false,
-            permit = self.permits.clone().acquire_owned() => permit,
-        };
-        let Ok(permit) = permit else { return false };
-        if waited.elapsed() >= OVERLOAD_AFTER {
-            warn!(waited = ?waited.elapsed(), "overloaded: every command handler was busy");
-            self.handlers.alerter().raise(Alert::new(
-                ROLE,
-                "overloaded: commands wait for a free handler",
-                format!(
-                    "waited {} ms; raise processor.max_concurrent_handlers if this recurs",
-                    waited.elapsed().as_millis()
-                ),
-            ));
-        }
         let handlers = self.handlers.clone();
+        let (permits, shutdown) = (self.permits.clone(), shutdown.clone());
         let command = match handlers.parse(&payload) {
             Ok(command) => command,
             Err(rejection) => {
                 self.tasks.spawn(async move {
-                    let _permit = permit;
+                    let Some(_permit) = handler_slot(&permits, handlers.alerter(), &shutdown).await else { return };
                     handlers.refuse(rejection).await;
                     let _ = handled.send(());
                 });
@@ -300,11 +311,23 @@ impl<S: DocumentStore> Dispatcher<S> {
         };
         self.forget_finished_keys();
         let timeout = self.handler_timeout;
+        // A command waits for its predecessor before it takes a handler slot: a burst on
+        // one subject behind a slow command holds one slot, not all of them. The waiting
+        // tasks are bounded by the acknowledgement queue, which `track` fills.
         self.tasks.spawn(async move {
-            let _permit = permit;
             if let Some(previous) = previous {
-                let _ = previous.await;
+                // A predecessor left unhandled (at shutdown) is delivered again later:
+                // this one must not overtake it.
+                let handled_before = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => false,
+                    done = previous => done.is_ok(),
+                };
+                if !handled_before {
+                    return;
+                }
             }
+            let Some(_permit) = handler_slot(&permits, handlers.alerter(), &shutdown).await else { return };
             handlers.handle(command, timeout).await;
             let _ = done.send(());
             let _ = handled.send(());

@@ -1,5 +1,6 @@
 //! A loopback TCP relay whose connections a test can cut, to show what a client does
-//! when the network drops under it (the server itself stays up and keeps its data).
+//! when the network drops under it (the server itself stays up and keeps its data),
+//! or freeze: connections stay open and carry nothing, as behind a dead route.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,6 +14,7 @@ pub struct CuttableProxy {
     cuts: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
     holding: Arc<AtomicBool>,
+    frozen: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -29,6 +31,8 @@ impl CuttableProxy {
         let accepted = Arc::new(AtomicUsize::new(0));
         let holding = Arc::new(AtomicBool::new(false));
         let (target, cut_signal, counter, held) = (target.to_owned(), cuts.clone(), accepted.clone(), holding.clone());
+        let (frozen, _) = watch::channel(false);
+        let freeze_signal = frozen.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if held.load(Ordering::SeqCst) {
@@ -36,17 +40,26 @@ impl CuttableProxy {
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
                 let mut cut = cut_signal.subscribe();
+                let mut freeze = freeze_signal.subscribe();
                 let target = target.clone();
                 tokio::spawn(async move {
+                    let frozen_now = *freeze.borrow();
+                    if frozen_now {
+                        let _ = cut.changed().await;
+                        return;
+                    }
                     let Ok(mut outbound) = TcpStream::connect(&target).await else { return };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut.changed() => {}
+                        () = async { drop(freeze.wait_for(|frozen| *frozen).await) } => {
+                            let _ = cut.changed().await;
+                        }
                     }
                 });
             }
         });
-        Self { host, cuts, accepted, holding, task }
+        Self { host, cuts, accepted, holding, frozen, task }
     }
 
     /// Drops every open connection; new ones are relayed again.
@@ -58,6 +71,18 @@ impl CuttableProxy {
     /// a network outage.
     pub fn hold(&self) {
         self.holding.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
+    /// Stops relaying: open and new connections stay open and carry nothing, so every
+    /// request waits for its own timeout. [`CuttableProxy::thaw`] ends it.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// Relays again; the frozen connections are dropped, as a client would give up on them.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
         self.cut();
     }
 
