@@ -124,6 +124,86 @@ async fn a_deleted_or_damaged_store_file_is_named_not_replaced() {
     EmbeddedDocuments::open(&data).expect("a fresh store after the reset");
 }
 
+/// A small tmpfs mounted for one test (root only, as CI runs), unmounted when dropped.
+struct SmallFileSystem(std::path::PathBuf);
+
+impl SmallFileSystem {
+    fn mount(path: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "cannot mount a tmpfs at {}: this test needs root", path.display());
+        Self(path.to_owned())
+    }
+
+    /// Writes a file until the file system is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0x5a; 16 * 1024];
+        while file.write_all(&chunk).and_then(|()| file.sync_all()).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn writes_succeed_again_once_a_full_disk_is_freed_without_a_restart() {
+    use common::app::{listen, next_json, publisher, send, wait_processor};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallFileSystem::mount(&dir.path().join("data"), "4m");
+    let daemon = common::Daemon::start_in(dir, "run", common::FAST_SUPERVISOR);
+    let processor = daemon.wait_children(&["broker", "processor", "syncer"]).await["processor"];
+    daemon.wait_broker().await;
+    let mut replies = listen(&daemon, "app", "webos/android/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+
+    let filler = disk.fill();
+    let mut refused = None;
+    for n in 0..500 {
+        let signup =
+            json!({"Producer": "android", "command": "signup", "UID": format!("full-{n}"), "name": "x".repeat(4000)});
+        send(&app, "webos/server/info", signup.to_string()).await;
+        if let Ok(Some((topic, payload, _))) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), replies.recv()).await
+        {
+            refused = Some((topic, payload));
+            break;
+        }
+    }
+    let (topic, payload) = refused.expect("no write failed on a full disk");
+    assert_eq!(topic, "webos/android/error");
+    assert!(payload.contains("store_error"), "{payload}");
+
+    std::fs::remove_file(filler).unwrap();
+    let signin = r#"{"Producer":"android","command":"signin","UID":"after"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        send(&app, "webos/server/info", r#"{"Producer":"android","command":"signup","UID":"after","name":"back"}"#)
+            .await;
+        send(&app, "webos/server/info", signin).await;
+        let reply =
+            tokio::time::timeout(std::time::Duration::from_secs(2), next_json(&mut replies, "webos/android/info"))
+                .await;
+        if reply.is_ok_and(|reply| reply["name"] == "back") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "writes never succeeded again:\n{}", daemon.log());
+    }
+    assert_eq!(daemon.children()["processor"], processor, "the processor was restarted");
+    assert!(daemon.log().contains("store reopened after an I/O error"), "{}", daemon.log());
+}
+
 mod firebase_tree {
     use std::time::Duration;
 

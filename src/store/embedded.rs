@@ -149,10 +149,70 @@ pub fn reset(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     Ok(moved)
 }
 
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work).await.map_err(|err| StoreError::Worker(err.to_string()))?
+/// One redb file, reopened after an I/O error. After a failed write (a full disk, a
+/// file system turned read-only) redb refuses every later transaction until the
+/// database is closed and opened again; the handle forgets the failed database, and the
+/// next operation opens the file anew, so writes succeed again once the cause is gone.
+struct Handle {
+    dir: PathBuf,
+    file: &'static str,
+    db: std::sync::Mutex<Option<Arc<Database>>>,
+}
+
+/// How long a reopen waits for operations still holding the failed database (redb's
+/// file lock is released only when its last handle is dropped).
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Handle {
+    fn open(dir: &Path, file: &'static str) -> Result<Arc<Self>, StoreError> {
+        let db = open(dir, file)?;
+        Ok(Arc::new(Self { dir: dir.to_owned(), file, db: std::sync::Mutex::new(Some(db)) }))
+    }
+
+    /// The open database, opening the file again if the last one failed.
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        let mut slot = self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let deadline = std::time::Instant::now() + REOPEN_WAIT;
+        let db = loop {
+            match open(&self.dir, self.file) {
+                Err(StoreError::Open { source, .. })
+                    if matches!(source.downcast_ref(), Some(redb::DatabaseError::DatabaseAlreadyOpen))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened?,
+            }
+        };
+        tracing::info!(file = self.file, "store reopened after an I/O error");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Runs `work` on the blocking pool; an I/O failure makes the next call reopen.
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let handle = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = handle.get()?;
+            let result = work(&db);
+            if let Err(StoreError::Backend(redb::Error::Io(_) | redb::Error::PreviousIo)) = &result {
+                let mut slot = handle.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, &db)) {
+                    tracing::warn!(file = handle.file, "store I/O failed: it is opened anew at its next use");
+                    *slot = None;
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|err| StoreError::Worker(err.to_string()))?
+    }
 }
 
 fn backend(err: impl Into<redb::Error>) -> StoreError {
@@ -161,14 +221,14 @@ fn backend(err: impl Into<redb::Error>) -> StoreError {
 
 #[derive(Clone)]
 pub struct EmbeddedDocuments {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     changes: broadcast::Sender<(String, DocumentEvent)>,
 }
 
 impl EmbeddedDocuments {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = open(dir, "documents.redb")?;
-        let write = db.begin_write().map_err(backend)?;
+        let db = Handle::open(dir, "documents.redb")?;
+        let write = db.get()?.begin_write().map_err(backend)?;
         write.open_table(DOCUMENTS).map_err(backend)?;
         write.commit().map_err(backend)?;
         Ok(Self { db, changes: broadcast::channel(CHANGE_BACKLOG).0 })
@@ -199,14 +259,15 @@ impl DocumentStore for EmbeddedDocuments {
     async fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
         check_name("collection", collection)?;
         check_name("document id", id)?;
-        let (db, collection, id) = (self.db.clone(), collection.to_owned(), id.to_owned());
-        blocking(move || {
-            let read = db.begin_read().map_err(backend)?;
-            let table = read.open_table(DOCUMENTS).map_err(backend)?;
-            let found = table.get((collection.as_str(), id.as_str())).map_err(backend)?;
-            found.map(|bytes| decode_document(&collection, &id, bytes.value())).transpose()
-        })
-        .await
+        let (collection, id) = (collection.to_owned(), id.to_owned());
+        self.db
+            .run(move |db| {
+                let read = db.begin_read().map_err(backend)?;
+                let table = read.open_table(DOCUMENTS).map_err(backend)?;
+                let found = table.get((collection.as_str(), id.as_str())).map_err(backend)?;
+                found.map(|bytes| decode_document(&collection, &id, bytes.value())).transpose()
+            })
+            .await
     }
 
     async fn set(&self, collection: &str, id: &str, document: Document) -> Result<(), StoreError> {
@@ -214,16 +275,17 @@ impl DocumentStore for EmbeddedDocuments {
         check_name("document id", id)?;
         let bytes = serde_json::to_vec(&document)
             .map_err(|err| StoreError::Corrupt { location: format!("{collection}/{id}"), reason: err.to_string() })?;
-        let (db, owned_collection, owned_id) = (self.db.clone(), collection.to_owned(), id.to_owned());
-        blocking(move || {
-            let write = db.begin_write().map_err(backend)?;
-            {
-                let mut table = write.open_table(DOCUMENTS).map_err(backend)?;
-                table.insert((owned_collection.as_str(), owned_id.as_str()), bytes.as_slice()).map_err(backend)?;
-            }
-            write.commit().map_err(backend)
-        })
-        .await?;
+        let (owned_collection, owned_id) = (collection.to_owned(), id.to_owned());
+        self.db
+            .run(move |db| {
+                let write = db.begin_write().map_err(backend)?;
+                {
+                    let mut table = write.open_table(DOCUMENTS).map_err(backend)?;
+                    table.insert((owned_collection.as_str(), owned_id.as_str()), bytes.as_slice()).map_err(backend)?;
+                }
+                write.commit().map_err(backend)
+            })
+            .await?;
         let _ = self.changes.send((collection.to_owned(), DocumentEvent::Set { id: id.to_owned(), document }));
         Ok(())
     }
@@ -231,18 +293,20 @@ impl DocumentStore for EmbeddedDocuments {
     async fn delete(&self, collection: &str, id: &str) -> Result<bool, StoreError> {
         check_name("collection", collection)?;
         check_name("document id", id)?;
-        let (db, owned_collection, owned_id) = (self.db.clone(), collection.to_owned(), id.to_owned());
-        let existed = blocking(move || {
-            let write = db.begin_write().map_err(backend)?;
-            let existed = {
-                let mut table = write.open_table(DOCUMENTS).map_err(backend)?;
-                let removed = table.remove((owned_collection.as_str(), owned_id.as_str())).map_err(backend)?;
-                removed.is_some()
-            };
-            write.commit().map_err(backend)?;
-            Ok(existed)
-        })
-        .await?;
+        let (owned_collection, owned_id) = (collection.to_owned(), id.to_owned());
+        let existed = self
+            .db
+            .run(move |db| {
+                let write = db.begin_write().map_err(backend)?;
+                let existed = {
+                    let mut table = write.open_table(DOCUMENTS).map_err(backend)?;
+                    let removed = table.remove((owned_collection.as_str(), owned_id.as_str())).map_err(backend)?;
+                    removed.is_some()
+                };
+                write.commit().map_err(backend)?;
+                Ok(existed)
+            })
+            .await?;
         if existed {
             let _ = self.changes.send((collection.to_owned(), DocumentEvent::Deleted { id: id.to_owned() }));
         }
@@ -251,8 +315,8 @@ impl DocumentStore for EmbeddedDocuments {
 
     async fn list(&self, collection: &str) -> Result<Vec<(String, Document)>, StoreError> {
         check_name("collection", collection)?;
-        let (db, collection) = (self.db.clone(), collection.to_owned());
-        blocking(move || Self::list_blocking(&db, &collection)).await
+        let collection = collection.to_owned();
+        self.db.run(move |db| Self::list_blocking(db, &collection)).await
     }
 
     async fn watch(
@@ -290,14 +354,14 @@ impl DocumentStore for EmbeddedDocuments {
 
 #[derive(Clone)]
 pub struct EmbeddedTree {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     changes: broadcast::Sender<TreePath>,
 }
 
 impl EmbeddedTree {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = open(dir, "tree.redb")?;
-        let write = db.begin_write().map_err(backend)?;
+        let db = Handle::open(dir, "tree.redb")?;
+        let write = db.get()?.begin_write().map_err(backend)?;
         write.open_table(TREE).map_err(backend)?;
         write.commit().map_err(backend)?;
         Ok(Self { db, changes: broadcast::channel(CHANGE_BACKLOG).0 })
@@ -313,33 +377,34 @@ impl EmbeddedTree {
 
     /// Applies `change` to the whole tree in one write transaction.
     async fn modify(&self, path: TreePath, change: impl FnOnce(&mut Value) + Send + 'static) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let write = db.begin_write().map_err(backend)?;
-            {
-                let mut table = write.open_table(TREE).map_err(backend)?;
-                let mut root = Self::read_root(&table)?;
-                change(&mut root);
-                let bytes = serde_json::to_vec(&root)
-                    .map_err(|err| StoreError::Corrupt { location: "tree".into(), reason: err.to_string() })?;
-                table.insert(TREE_ROOT_KEY, bytes.as_slice()).map_err(backend)?;
-            }
-            write.commit().map_err(backend)
-        })
-        .await?;
+        self.db
+            .run(move |db| {
+                let write = db.begin_write().map_err(backend)?;
+                {
+                    let mut table = write.open_table(TREE).map_err(backend)?;
+                    let mut root = Self::read_root(&table)?;
+                    change(&mut root);
+                    let bytes = serde_json::to_vec(&root)
+                        .map_err(|err| StoreError::Corrupt { location: "tree".into(), reason: err.to_string() })?;
+                    table.insert(TREE_ROOT_KEY, bytes.as_slice()).map_err(backend)?;
+                }
+                write.commit().map_err(backend)
+            })
+            .await?;
         let _ = self.changes.send(path);
         Ok(())
     }
 
     async fn read(&self, path: &TreePath) -> Result<Option<Value>, StoreError> {
-        let (db, path) = (self.db.clone(), path.clone());
-        blocking(move || {
-            let read = db.begin_read().map_err(backend)?;
-            let table = read.open_table(TREE).map_err(backend)?;
-            let root = Self::read_root(&table)?;
-            Ok(tree::get(&root, &path).cloned())
-        })
-        .await
+        let path = path.clone();
+        self.db
+            .run(move |db| {
+                let read = db.begin_read().map_err(backend)?;
+                let table = read.open_table(TREE).map_err(backend)?;
+                let root = Self::read_root(&table)?;
+                Ok(tree::get(&root, &path).cloned())
+            })
+            .await
     }
 }
 
