@@ -58,6 +58,20 @@ enum StoreCommand {
     /// Start afresh: move the store's files aside (as <file>.replaced-<time>), so the
     /// next start creates them empty. Refused while the daemon runs.
     Reset(ConfigArg),
+    /// Write a consistent copy of the store into a new directory; works while the
+    /// daemon runs.
+    Backup(StoreDirArg),
+    /// Put a backup in place of the store (current files are moved aside as by reset).
+    /// Refused while the daemon runs.
+    Restore(StoreDirArg),
+}
+
+#[derive(Args)]
+struct StoreDirArg {
+    /// The backup directory.
+    dir: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Args)]
@@ -88,6 +102,7 @@ fn main() -> ExitCode {
         | Command::Syncer(args)
         | Command::CheckConfig(args)
         | Command::Store(StoreCommand::Check(args) | StoreCommand::Reset(args)) => args,
+        Command::Store(StoreCommand::Backup(args) | StoreCommand::Restore(args)) => &args.config,
     };
     let config = match args.load() {
         Ok(config) => config,
@@ -180,6 +195,16 @@ fn store_command(command: StoreCommand, config: &Config) -> anyhow::Result<()> {
             }
             for path in moved {
                 println!("moved aside: {}", path.display());
+            }
+        }
+        StoreCommand::Backup(args) => {
+            for path in embedded::backup(dir, &args.dir)? {
+                println!("backed up: {}", path.display());
+            }
+        }
+        StoreCommand::Restore(args) => {
+            for path in embedded::restore(&args.dir, dir)? {
+                println!("restored: {}", path.display());
             }
         }
     }

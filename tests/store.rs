@@ -50,9 +50,12 @@ async fn run_once(dir: tempfile::TempDir) -> tempfile::TempDir {
     std::mem::replace(&mut daemon.dir, tempfile::tempdir().unwrap())
 }
 
-fn store_command(dir: &std::path::Path, action: &str) -> std::process::Output {
+/// `smarthomed store <args> -c <dir>/smarthomed.toml`.
+fn store_command(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     common::smarthomed_command()
-        .args(["store", action, "-c"])
+        .arg("store")
+        .args(args)
+        .arg("-c")
         .arg(dir.join("smarthomed.toml"))
         .current_dir(dir)
         .output()
@@ -79,14 +82,14 @@ async fn a_lost_store_is_a_startup_error_with_an_alert_until_reset() {
     assert!(alert.contains("documents.redb") && alert.contains("smarthomed store reset"), "{alert}");
     let dir = std::mem::replace(&mut daemon.dir, tempfile::tempdir().unwrap());
 
-    let checked = store_command(dir.path(), "check");
+    let checked = store_command(dir.path(), &["check"]);
     assert_eq!(checked.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&checked.stderr).contains("missing or empty"));
-    let reset = store_command(dir.path(), "reset");
+    let reset = store_command(dir.path(), &["reset"]);
     assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
     assert!(String::from_utf8_lossy(&reset.stdout).contains("documents.redb.replaced-"));
     let dir = run_once(dir).await;
-    assert!(store_command(dir.path(), "check").status.success());
+    assert!(store_command(dir.path(), &["check"]).status.success());
 }
 
 #[tokio::test]
@@ -116,12 +119,65 @@ async fn a_deleted_or_damaged_store_file_is_named_not_replaced() {
 
     std::fs::write(dir.path().join("smarthomed.toml"), format!("[store]\ndir = {:?}\n", data.display().to_string()))
         .unwrap();
-    let checked = store_command(dir.path(), "check");
+    let checked = store_command(dir.path(), &["check"]);
     assert_eq!(checked.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&checked.stderr).contains("documents.redb"));
-    let reset = store_command(dir.path(), "reset");
+    let reset = store_command(dir.path(), &["reset"]);
     assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
     EmbeddedDocuments::open(&data).expect("a fresh store after the reset");
+}
+
+#[tokio::test]
+async fn a_backup_taken_while_the_daemon_runs_restores_the_store() {
+    use common::app::{listen, next_json, publisher, send, wait_processor};
+    let mut daemon = common::Daemon::start("run", "", common::FAST_SUPERVISOR);
+    daemon.wait_children(&["broker", "processor", "syncer"]).await;
+    daemon.wait_broker().await;
+    let mut replies = listen(&daemon, "app", "webos/android/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+    let signup = |uid: &str| json!({"Producer": "android", "command": "signup", "UID": uid, "name": uid}).to_string();
+    let signin = |uid: &str| json!({"Producer": "android", "command": "signin", "UID": uid}).to_string();
+    for n in 0..100 {
+        send(&app, "webos/server/info", signup(&format!("kept-{n}"))).await;
+    }
+    send(&app, "webos/server/info", signin("kept-99")).await;
+    assert_eq!(next_json(&mut replies, "webos/android/info").await["name"], "kept-99");
+
+    // Taken while more signups are being written.
+    for n in 0..100 {
+        send(&app, "webos/server/info", signup(&format!("during-{n}"))).await;
+    }
+    let backup = daemon.dir.path().join("backup");
+    let taken = store_command(daemon.dir.path(), &["backup", backup.to_str().unwrap()]);
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    assert!(String::from_utf8_lossy(&taken.stdout).contains("documents.redb"));
+    let again = store_command(daemon.dir.path(), &["backup", backup.to_str().unwrap()]);
+    assert!(!again.status.success(), "a backup was written over another");
+    send(&app, "webos/server/info", signup("after-backup")).await;
+    for refused in ["reset", "restore"] {
+        let args: &[&str] = if refused == "reset" { &["reset"] } else { &["restore", backup.to_str().unwrap()] };
+        let output = store_command(daemon.dir.path(), args);
+        assert_eq!(output.status.code(), Some(1), "{refused} while the daemon runs");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("the daemon is running"), "{refused}");
+    }
+    send(&app, "webos/server/info", signin("after-backup")).await;
+    assert_eq!(next_json(&mut replies, "webos/android/info").await["name"], "after-backup");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(std::time::Duration::from_secs(20)).await.code(), Some(0));
+
+    let dir = std::mem::replace(&mut daemon.dir, tempfile::tempdir().unwrap());
+    let restored = store_command(dir.path(), &["restore", backup.to_str().unwrap()]);
+    assert!(restored.status.success(), "{}", String::from_utf8_lossy(&restored.stderr));
+    let daemon = common::Daemon::start_in(dir, "run", common::FAST_SUPERVISOR);
+    daemon.wait_broker().await;
+    let mut replies = listen(&daemon, "app", "webos/android/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+    send(&app, "webos/server/info", signin("kept-99")).await;
+    assert_eq!(next_json(&mut replies, "webos/android/info").await["name"], "kept-99");
+    send(&app, "webos/server/info", signin("after-backup")).await;
+    assert_eq!(next_json(&mut replies, "webos/android/error").await["code"], "unknown_user");
 }
 
 /// A small tmpfs mounted for one test (root only, as CI runs), unmounted when dropped.

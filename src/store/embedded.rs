@@ -76,7 +76,7 @@ fn open(dir: &Path, file: &str) -> Result<Arc<Database>, StoreError> {
     }
     std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io_error(&path))?;
     restrict(&path, 0o600)?;
-    let db = Database::builder().set_check_integrity_on_open(true).create(&path).map_err(|err| match err {
+    let db = writer_builder().create(&path).map_err(|err| match err {
         redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
             StoreError::Corrupt { location: path.display().to_string(), reason }
         }
@@ -94,6 +94,96 @@ fn open(dir: &Path, file: &str) -> Result<Arc<Database>, StoreError> {
             .map_err(io_error(&marker))?;
     }
     Ok(Arc::new(db))
+}
+
+/// How the daemon opens its files: one writer, and any number of read-only handles in
+/// other processes (`smarthomed store backup`) reading consistent snapshots meanwhile;
+/// every open checks the file's integrity.
+fn writer_builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter).set_check_integrity_on_open(true);
+    builder
+}
+
+/// Writes a consistent copy of every file of the store in `dir` into `to` (a new or
+/// empty directory), while the daemon runs: each file is read in one read transaction,
+/// a snapshot that commits made meanwhile do not change. Returns the files written.
+pub fn backup(dir: &Path, to: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let occupied = std::fs::read_dir(to).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+    if occupied {
+        return Err(StoreError::Open {
+            path: to.to_owned(),
+            source: "the backup directory must be new or empty".into(),
+        });
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(to).map_err(io_error(to))?;
+    let mut written = Vec::new();
+    for file in FILES {
+        let from = dir.join(file);
+        if !from.exists() {
+            continue;
+        }
+        let source = Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open_read_only(&from)
+            .map_err(|err| StoreError::Open { path: from.clone(), source: Box::new(err) })?;
+        let snapshot = source.begin_read().map_err(backend)?;
+        let copy = open(to, file)?;
+        let write = copy.begin_write().map_err(backend)?;
+        if file == "documents.redb" {
+            copy_table(&snapshot, &write, DOCUMENTS)?;
+        } else {
+            copy_table(&snapshot, &write, TREE)?;
+        }
+        write.commit().map_err(backend)?;
+        written.push(to.join(file));
+    }
+    Ok(written)
+}
+
+fn copy_table<K: redb::Key + 'static>(
+    snapshot: &redb::ReadTransaction,
+    write: &redb::WriteTransaction,
+    table: TableDefinition<K, &[u8]>,
+) -> Result<(), StoreError> {
+    let source = match snapshot.open_table(table) {
+        Ok(source) => source,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(err) => return Err(backend(err)),
+    };
+    let mut target = write.open_table(table).map_err(backend)?;
+    for entry in source.iter().map_err(backend)? {
+        let (key, value) = entry.map_err(backend)?;
+        target.insert(key.value(), value.value()).map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Puts a backup made by [`backup`] in place of the store in `dir`, with the daemon
+/// stopped: the backup is checked first, the current files are moved aside as
+/// [`reset`] does. Returns the files restored.
+pub fn restore(from: &Path, dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let files: Vec<&str> = FILES.into_iter().filter(|file| from.join(file).exists()).collect();
+    if files.is_empty() {
+        return Err(StoreError::Open {
+            path: from.to_owned(),
+            source: "holds no store files (documents.redb, tree.redb)".into(),
+        });
+    }
+    for file in &files {
+        open(from, file)?;
+    }
+    reset(dir)?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_error(dir))?;
+    let mut restored = Vec::new();
+    for file in files {
+        let (source, target) = (from.join(file), dir.join(file));
+        std::fs::copy(&source, &target).map_err(io_error(&target))?;
+        restrict(&target, 0o600)?;
+        open(dir, file)?;
+        restored.push(target);
+    }
+    Ok(restored)
 }
 
 /// Takes group and other permissions away from `path` if it has any.
@@ -129,7 +219,7 @@ pub fn reset(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
         if std::fs::metadata(&path).is_ok_and(|metadata| metadata.len() > 0) {
             // Opening takes redb's lock: a running daemon holds it. The integrity check
             // keeps a damaged file (what a reset is often for) from panicking redb.
-            let opened = Database::builder().set_check_integrity_on_open(true).create(&path);
+            let opened = writer_builder().create(&path);
             if let Err(redb::DatabaseError::DatabaseAlreadyOpen) = opened {
                 return Err(StoreError::Open {
                     path,
