@@ -11,6 +11,7 @@ pub mod broker;
 pub mod child_context;
 pub mod config;
 pub mod control;
+pub mod log_limit;
 pub mod mqtt;
 pub mod processor;
 pub mod protocol;

@@ -240,14 +240,30 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_child() => {
-            tracing::error!("{err:#}");
+            tracing::error!("{}", describe(&err));
             ExitCode::FAILURE
         }
         Err(err) => {
-            let _ = writeln!(LossyStderr, "error: {err:#}");
+            let _ = writeln!(LossyStderr, "error: {}", describe(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause once: many of our errors already show their
+/// cause in their own message, which `{:#}` would repeat.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Standard error that never fails. Once the supervisor is gone a child's stderr is a
@@ -281,9 +297,38 @@ fn init_logging() {
     if is_child() {
         builder.json().flatten_event(true).with_current_span(false).with_span_list(false).without_time().init();
     } else if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        let format = tracing_subscriber::fmt::format().without_time();
+        builder.with_ansi(false).event_format(JournalPriority(format)).init();
     } else {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// Prefixes each line with its syslog priority (`<3>` error .. `<7>` debug), which
+/// journald reads from a service's output, so that `journalctl -p warning` shows the
+/// warnings and errors.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        context: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(context, writer, event)
     }
 }
 

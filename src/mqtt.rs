@@ -260,7 +260,7 @@ impl Link {
         if let Some(lost_at) = state.lost_since.take() {
             info!(role = self.role, after = ?lost_at.elapsed(), "reconnected to the MQTT broker");
             if state.alerted_loss {
-                self.alerter.raise(Alert::new(
+                self.alerter.announce(Alert::new(
                     self.role,
                     "reconnected to the MQTT broker",
                     format!("after {} s", lost_at.elapsed().as_secs()),

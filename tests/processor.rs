@@ -385,3 +385,29 @@ async fn spawned_programs_get_only_the_secrets_they_use() {
     assert_eq!(environ(children["syncer"]), ["SMARTHOMED_WEATHER_API_KEY"]);
     assert_eq!(environ(daemon.pid()).len(), 2, "the supervisor keeps what it was given");
 }
+
+#[tokio::test]
+async fn a_flood_of_garbage_is_answered_in_full_and_logged_in_part() {
+    const GARBAGE: usize = 2_000;
+    let daemon = start("").await;
+    let mut probes = listen(&daemon, "flood-probe", "webos/android/+").await;
+    let mut replies = listen(&daemon, "flood", "data/error/warning").await;
+    let app = publisher(&daemon, "flood-pub").await;
+    wait_processor(&app, &mut probes).await;
+    for n in 0..GARBAGE {
+        send(&app, "webos/server/info", format!("not json {n}")).await;
+    }
+    let answered = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut answered = 0;
+        while answered < GARBAGE {
+            let (_, payload, _) = replies.recv().await.expect("subscription ended");
+            assert!(payload.contains("not_json"), "{payload}");
+            answered += 1;
+        }
+        answered
+    })
+    .await;
+    assert_eq!(answered, Ok(GARBAGE), "every bad command is answered");
+    let logged = daemon.log().lines().filter(|line| line.contains("rejected command")).count();
+    assert!((1..=smarthomed::log_limit::BURST as usize).contains(&logged), "{logged} lines for {GARBAGE} refusals");
+}

@@ -103,6 +103,14 @@ async fn a_crash_loop_hits_the_restart_limit_and_alerts_once() {
         "the alert shows the child's last words: {}",
         exit_alerts[0]
     );
+    for line in daemon.log().lines().filter(|line| line.contains("os error")) {
+        assert_eq!(line.matches("os error").count(), 1, "a cause told twice: {line}");
+    }
+    assert!(
+        daemon.log().lines().any(|line| line.contains(" ERROR ") && line.contains("cannot listen on broker.ws_listen")),
+        "the child's fatal error is relayed at ERROR:\n{}",
+        daemon.log()
+    );
 }
 
 #[tokio::test]
@@ -264,4 +272,21 @@ async fn logged_user_data_cannot_forge_an_alert_or_an_error_line() {
     for line in forged_lines {
         assert!(line.contains(" INFO "), "user data made its own log line: {line}");
     }
+}
+
+#[tokio::test]
+async fn under_journald_each_line_carries_its_priority() {
+    let daemon = Daemon::start_with_env("run", "", FAST_SUPERVISOR, &[("JOURNAL_STREAM", "8:4242")]);
+    let children = daemon.wait_children(&ROLES).await;
+    kill(Pid::from_raw(children["syncer"] as i32), Signal::SIGKILL).unwrap();
+    wait_for(Duration::from_secs(15), "the exit alert", || {
+        daemon.log().contains("syncer exited unexpectedly").then_some(())
+    })
+    .await;
+    let log = daemon.log();
+    let line =
+        |needle: &str| log.lines().find(|line| line.contains(needle)).unwrap_or_else(|| panic!("{needle}:\n{log}"));
+    assert!(line("all children up").starts_with("<6>"), "{log}");
+    assert!(line("alert: smarthomed started").starts_with("<6>"), "the start is no warning:\n{log}");
+    assert!(line("alert: syncer exited unexpectedly").starts_with("<4>"), "{log}");
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
 pub use coalesce::Coalescer;
 
@@ -69,6 +69,13 @@ impl Alerter {
     /// alert is logged and dropped: supervision matters more than the message about it.
     pub fn raise(&self, alert: Alert) {
         warn!(source = alert.source, detail = alert.detail, "alert: {}", alert.title);
+        self.enqueue(&self.own, alert);
+    }
+
+    /// Queues good news (a start, a recovery) as [`Alerter::raise`] does, logged at
+    /// INFO: it is no warning.
+    pub fn announce(&self, alert: Alert) {
+        info!(source = alert.source, detail = alert.detail, "alert: {}", alert.title);
         self.enqueue(&self.own, alert);
     }
 

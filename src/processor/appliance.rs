@@ -7,6 +7,7 @@
 //! store, so a restart neither repeats alarms nor misses the change it came back to.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, QoS};
@@ -19,6 +20,7 @@ use super::recommendation::{self, Inputs};
 use super::texts;
 use crate::alert::{Alert, Alerter};
 use crate::config::Config;
+use crate::log_limit::{LogLimiter, Verdict};
 use crate::protocol::appliance::{self, Change, State};
 use crate::protocol::command::error_reply;
 use crate::protocol::topics::{CURRENT_STATE_TOPIC, DATA_ERROR_TOPIC, RECOMMENDATION_TOPIC};
@@ -45,6 +47,8 @@ struct Appliance<S> {
     /// The second of the last alarm and how many alarms it has, so that alarms of
     /// one second get distinct ids even across state changes.
     alarm_second: (i64, usize),
+    /// Unreadable states and sensor values are answered one by one, logged at a bounded rate.
+    log_limit: LogLimiter,
 }
 
 /// Takes inputs in order until the queue closes; signals each one's sender when it
@@ -65,6 +69,7 @@ pub async fn run<S: DocumentStore>(
         inputs: Inputs::default(),
         published_recommendation: None,
         alarm_second: (0, 0),
+        log_limit: LogLimiter::default(),
     };
     appliance.inputs.state = appliance.load_state().await;
     current.send_replace(appliance.inputs.state);
@@ -118,7 +123,9 @@ impl<S: DocumentStore> Appliance<S> {
             Ok(state) => state,
             Err(err) => {
                 let message = format!("the appliance reported {text:?}: {err}");
-                warn!("{message}");
+                if let Verdict::Log { suppressed_before } = self.log_limit.check(err.code(), Instant::now()) {
+                    warn!(suppressed_before, "{message}");
+                }
                 self.publish(DATA_ERROR_TOPIC, false, error_reply(err.code(), &message, None).to_string()).await;
                 self.alerter.raise(Alert::new("processor", "the appliance reported an unreadable state", message));
                 return;
@@ -192,12 +199,14 @@ impl<S: DocumentStore> Appliance<S> {
         }
     }
 
-    async fn json(&self, payload: &[u8], what: &str) -> Option<Value> {
+    async fn json(&mut self, payload: &[u8], what: &str) -> Option<Value> {
         match serde_json::from_slice::<Value>(payload) {
             Ok(value) if value.is_object() => Some(value),
             Ok(_) | Err(_) => {
                 let message = format!("{what} is not a JSON object: {:?}", String::from_utf8_lossy(payload));
-                warn!("{message}");
+                if let Verdict::Log { suppressed_before } = self.log_limit.check("bad_sensor_data", Instant::now()) {
+                    warn!(suppressed_before, "{message}");
+                }
                 self.publish(DATA_ERROR_TOPIC, false, error_reply("bad_sensor_data", &message, None).to_string()).await;
                 None
             }

@@ -2,9 +2,9 @@
 //! the old reply shapes (car2home.md section 3). Every command gets its answer:
 //! a reply, or an error reply on the producer's error topic.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, QoS};
@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::alert::{Alert, Alerter};
 use crate::config::Config;
+use crate::log_limit::{LogLimiter, Verdict};
 use crate::protocol::command::{self, Command, Rejection, Request};
 use crate::protocol::topics::{self, APPLIANCE_CONTROL_TOPIC, CAMERA_TOPIC};
 use crate::schedule::model::{MODES, SCHEDULES, find_mode};
@@ -26,6 +27,8 @@ pub struct Handlers<S> {
     config: Arc<Config>,
     alerter: Alerter,
     facer_running: AtomicBool,
+    /// Refusals are answered one by one but logged at a bounded rate.
+    log_limit: Mutex<LogLimiter>,
 }
 
 /// A failure that is the daemon's, not the sender's: it is also alerted.
@@ -35,7 +38,14 @@ fn store_failure(err: &StoreError) -> Rejection {
 
 impl<S: DocumentStore> Handlers<S> {
     pub fn new(store: S, client: AsyncClient, config: Arc<Config>, alerter: Alerter) -> Self {
-        Self { store, client, config, alerter, facer_running: AtomicBool::new(false) }
+        Self {
+            store,
+            client,
+            config,
+            alerter,
+            facer_running: AtomicBool::new(false),
+            log_limit: Mutex::new(LogLimiter::default()),
+        }
     }
 
     pub fn alerter(&self) -> &Alerter {
@@ -49,7 +59,13 @@ impl<S: DocumentStore> Handlers<S> {
 
     /// Answers a command that could not be read.
     pub async fn refuse(&self, rejection: Rejection) {
-        info!(code = rejection.code, "rejected command: {}", rejection.message);
+        let verdict = match self.log_limit.lock() {
+            Ok(mut limit) => limit.check(rejection.code, Instant::now()),
+            Err(_) => Verdict::Log { suppressed_before: 0 },
+        };
+        if let Verdict::Log { suppressed_before } = verdict {
+            info!(code = rejection.code, suppressed_before, "rejected command: {}", rejection.message);
+        }
         self.reject(&rejection).await;
     }
 

@@ -104,7 +104,7 @@ async fn connect_firestore(
         match usable {
             Ok(store) => {
                 if alerted {
-                    context.alerter.raise(Alert::new(ROLE, "Firestore is reachable again", ""));
+                    context.alerter.announce(Alert::new(ROLE, "Firestore is reachable again", ""));
                 }
                 return Ok(Some(store));
             }

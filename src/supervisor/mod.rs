@@ -95,7 +95,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
     } else {
         vec![Role::Processor, Role::Syncer]
     };
-    alerter.raise(Alert::new(
+    alerter.announce(Alert::new(
         "supervisor",
         "smarthomed started",
         format!(
@@ -374,7 +374,7 @@ async fn watch(
             }
             () = &mut recovery, if awaiting_recovery => {
                 awaiting_recovery = false;
-                launcher.alerter.raise(Alert::new(
+                launcher.alerter.announce(Alert::new(
                     "supervisor",
                     format!("{role} recovered"),
                     format!("up for {} s since its last restart", policy.healthy_after().as_secs()),

@@ -212,7 +212,7 @@ async fn keep_weather<T: RealtimeTree>(
                     Ok(()) => {
                         info!(icon = current.icon, air_level, "weather updated");
                         if let Some(problem) = outage.take() {
-                            alerter.raise(Alert::new(ROLE, "the weather is back", format!("after: {problem}")));
+                            alerter.announce(Alert::new(ROLE, "the weather is back", format!("after: {problem}")));
                         }
                         retry.reset();
                         interval
