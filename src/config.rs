@@ -69,7 +69,7 @@ impl Serialize for Secret {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub broker: BrokerConfig,
@@ -94,7 +94,7 @@ pub enum Anonymous {
     Never,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// false: no broker child; the processor and syncer use `mqtt.url`.
@@ -134,14 +134,14 @@ impl Default for BrokerConfig {
 }
 
 /// A broker account; the password is stored as a PHC hash (`smarthomed hash-password`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerUser {
     pub name: String,
     pub password_hash: Secret,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// Empty: the embedded broker at `broker.listen`. Otherwise mqtt://, mqtts://,
@@ -170,7 +170,7 @@ impl Default for MqttConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlackConfig {
     /// Bot token (xoxb-...). Empty: alerts only go to the log.
@@ -200,7 +200,7 @@ impl Default for SlackConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub backend: Backend,
@@ -228,7 +228,7 @@ pub enum Backend {
 /// `$CREDENTIALS_DIRECTORY`.
 pub const FIREBASE_KEY_FILE: &str = "firebase_service_account.json";
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FirebaseConfig {
     pub project_id: String,
@@ -255,7 +255,7 @@ impl Default for FirebaseConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorConfig {
     /// Texts of alarms and recommendations: "ko" (as the old system) or "en".
@@ -289,7 +289,7 @@ impl Default for ProcessorConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WeatherConfig {
     /// OpenWeatherMap API key; empty: the weather is off.
@@ -325,7 +325,7 @@ impl Default for WeatherConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
     /// IANA time zone schedules run in, e.g. "Asia/Seoul"; empty: the system's zone.
@@ -360,7 +360,7 @@ impl ScheduleConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
     pub backoff_initial_ms: u64,
@@ -421,7 +421,7 @@ impl SupervisorConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsConfig {
     /// Directory of secret files, one secret per file, named as in [`SECRET_SOURCES`].
@@ -793,6 +793,51 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
+
+    /// The keys (`section.key`) whose values differ in `other`, secrets included
+    /// (named, never shown).
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let table = |config: &Config| match toml::Value::try_from(config) {
+            Ok(toml::Value::Table(table)) => table,
+            _ => toml::map::Map::new(),
+        };
+        let (old, new) = (table(self), table(other));
+        let mut changed = Vec::new();
+        for (section, old_section) in &old {
+            let Some(new_section) = new.get(section) else { continue };
+            match (old_section, new_section) {
+                (toml::Value::Table(old_keys), toml::Value::Table(new_keys)) => {
+                    let keys: std::collections::BTreeSet<&String> = old_keys.keys().chain(new_keys.keys()).collect();
+                    for key in keys {
+                        if old_keys.get(key) != new_keys.get(key) {
+                            changed.push(format!("{section}.{key}"));
+                        }
+                    }
+                }
+                (old_value, new_value) if old_value != new_value => changed.push(section.clone()),
+                _ => {}
+            }
+        }
+        for (same, key) in [
+            (self.slack.token == other.slack.token, "slack.token"),
+            (self.mqtt.password == other.mqtt.password, "mqtt.password"),
+            (self.weather.api_key == other.weather.api_key, "weather.api_key"),
+        ] {
+            if !same && !changed.iter().any(|changed| changed == key) {
+                changed.push(key.to_owned());
+            }
+        }
+        changed
+    }
+}
+
+/// Whether a changed key takes effect on SIGHUP, without a restart: Slack (the
+/// supervisor), the accounts (the broker), the schedules' settings (the processor's
+/// engine starts over) and the weather (the syncer's fetcher starts over).
+pub fn reloadable(key: &str) -> bool {
+    let fixed_at_start = ["slack.queue_capacity", "slack.coalesce_window_secs"];
+    ["slack.", "schedule.", "weather."].iter().any(|section| key.starts_with(section)) && !fixed_at_start.contains(&key)
+        || key == "broker.users"
 }
 
 fn serde_variant(anonymous: Anonymous) -> &'static str {
@@ -913,6 +958,18 @@ mod tests {
             let err = error_of(text);
             assert!(err.starts_with(key) || err.contains(&format!(": {key}")), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn changed_keys_name_every_difference_and_secrets_without_their_value() {
+        let old = parse("[slack]\nchannel = \"#a\"\ntoken = \"old-token\"\n").unwrap();
+        let new =
+            parse("[slack]\nchannel = \"#b\"\ntoken = \"new-token\"\n[broker]\nlisten = \"127.0.0.1:1999\"\n").unwrap();
+        assert_eq!(old.changed_keys(&new), ["broker.listen", "slack.channel", "slack.token"]);
+        assert!(old.changed_keys(&old.clone()).is_empty());
+        assert!(reloadable("slack.token") && reloadable("broker.users") && reloadable("schedule.timezone"));
+        assert!(!reloadable("broker.listen") && !reloadable("store.dir") && !reloadable("broker.users_x"));
+        assert!(!reloadable("slack.queue_capacity"));
     }
 
     #[test]

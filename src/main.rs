@@ -104,6 +104,7 @@ fn main() -> ExitCode {
         | Command::Store(StoreCommand::Check(args) | StoreCommand::Reset(args)) => args,
         Command::Store(StoreCommand::Backup(args) | StoreCommand::Restore(args)) => &args.config,
     };
+    let config_path = args.config.clone();
     let config = match args.load() {
         Ok(config) => config,
         Err(err) => {
@@ -126,19 +127,24 @@ fn main() -> ExitCode {
             Err(err) => report(Err(err)),
         },
         Command::Broker(_) => report(current_thread().and_then(|rt| {
-            rt.block_on(as_child(config, |context, shutdown| async move {
-                broker::run(&context.config.broker, context.internal_password.clone(), shutdown)
-                    .await
-                    .map_err(anyhow::Error::from)
+            rt.block_on(as_child(config, config_path, |context, shutdown| async move {
+                broker::run(
+                    &context.config.broker,
+                    context.reloads.clone(),
+                    context.internal_password.clone(),
+                    shutdown,
+                )
+                .await
+                .map_err(anyhow::Error::from)
             }))
         })),
         Command::Processor(_) => report(multi_thread().and_then(|rt| {
-            rt.block_on(as_child(config, |context, shutdown| async move {
+            rt.block_on(as_child(config, config_path, |context, shutdown| async move {
                 processor::run(context, shutdown).await.map_err(anyhow::Error::from)
             }))
         })),
         Command::Syncer(_) => report(multi_thread().and_then(|rt| {
-            rt.block_on(as_child(config, |context, shutdown| async move {
+            rt.block_on(as_child(config, config_path, |context, shutdown| async move {
                 syncer::run(context, shutdown).await.map_err(anyhow::Error::from)
             }))
         })),
@@ -147,8 +153,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a child's job until SIGTERM or SIGINT (also the parent-death signal).
-async fn as_child<F, Fut>(config: Config, job: F) -> anyhow::Result<()>
+/// Runs a child's job until SIGTERM or SIGINT (also the parent-death signal); on SIGHUP
+/// reads the config again and hands it to the job through its context.
+async fn as_child<F, Fut>(config: Config, config_path: Option<PathBuf>, job: F) -> anyhow::Result<()>
 where
     F: FnOnce(ChildContext, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -157,17 +164,28 @@ where
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let (reload, reloads) = tokio::sync::watch::channel(std::sync::Arc::new(config));
     let signalled = shutdown.clone();
     tasks.spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            () = signalled.cancelled() => return,
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match (ConfigArg { config: config_path.clone() }).load() {
+                    Ok(config) => {
+                        tracing::info!("config reloaded");
+                        reload.send_replace(std::sync::Arc::new(config));
+                    }
+                    Err(err) => tracing::warn!("config not reloaded, keeping the running one: {err}"),
+                },
+                () = signalled.cancelled() => return,
+            }
         }
         tracing::info!("stopping");
         signalled.cancel();
     });
-    let context = ChildContext::from_env(config, &tasks);
+    let context = ChildContext::from_env(reloads, &tasks);
     let result = job(context, shutdown.clone()).await;
     shutdown.cancel();
     tasks.close();

@@ -290,3 +290,71 @@ async fn under_journald_each_line_carries_its_priority() {
     assert!(line("alert: smarthomed started").starts_with("<6>"), "the start is no warning:\n{log}");
     assert!(line("alert: syncer exited unexpectedly").starts_with("<4>"), "{log}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_accounts_slack_and_the_weather_without_restarting_anything() {
+    use common::weather::WeatherServer;
+    let slack = SlackServer::start().await;
+    let weather = WeatherServer::start().await;
+    let account = |name: &str, password: &str| {
+        let hash = smarthomed::broker::password::hash(password).unwrap();
+        format!("[[broker.users]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\n")
+    };
+    let extra = format!("{}{FAST_SUPERVISOR}{}", slack.config(), account("alice", "alice-pw"));
+    let daemon = Daemon::start("run", "", &extra);
+    let before = daemon.wait_children(&ROLES).await;
+    common::wait_for_async(Duration::from_secs(20), "alice to log in", || async {
+        common::connect(daemon.mqtt_port, "alice", Some(("alice", "alice-pw"))).await.ok()
+    })
+    .await;
+    assert!(common::connect(daemon.mqtt_port, "bob", Some(("bob", "bob-pw"))).await.is_err(), "bob before his account");
+
+    let config_file = daemon.dir.path().join("smarthomed.toml");
+    let original = std::fs::read_to_string(&config_file).unwrap();
+    let moved_port = common::free_port();
+    let reloaded = original.replace("#test", "#other").replace(
+        &format!("listen = \"127.0.0.1:{}\"", daemon.mqtt_port),
+        &format!("listen = \"127.0.0.1:{moved_port}\""),
+    ) + &account("bob", "bob-pw")
+        + &weather.config("Seoul")
+        + "[schedule]\ntimezone = \"Asia/Seoul\"\n";
+    std::fs::write(&config_file, reloaded).unwrap();
+    std::fs::create_dir(daemon.dir.path().join("keys")).unwrap();
+    std::fs::write(daemon.dir.path().join("keys/weather_api_key"), &weather.key).unwrap();
+    weather.fail_next(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    daemon.signal(Signal::SIGHUP);
+
+    common::wait_for_async(Duration::from_secs(20), "bob to log in", || async {
+        common::connect(daemon.mqtt_port, "bob", Some(("bob", "bob-pw"))).await.ok()
+    })
+    .await;
+    let (client, eventloop) = common::connect(daemon.mqtt_port, "watcher", Some(("alice", "alice-pw"))).await.unwrap();
+    let mut sensors = common::subscriber(client, eventloop, "smarthomed/sensor/openweather").await;
+    let (_, weather_now, _) = tokio::time::timeout(Duration::from_secs(20), sensors.recv()).await.unwrap().unwrap();
+    assert!(weather_now.contains("10n"), "{weather_now}");
+    for title in ["the weather cannot be updated", "the weather is back"] {
+        let alert = wait_for(Duration::from_secs(20), title, || {
+            slack.posted().into_iter().find(|posted| posted.text.contains(title))
+        })
+        .await;
+        assert_eq!(alert.channel, "#other", "{title} went to the old channel");
+    }
+    let log = daemon.log();
+    let summary = log.lines().find(|line| line.contains("SIGHUP: config reloaded")).expect(&log);
+    for key in ["slack.channel", "broker.users", "weather.api_key", "schedule.timezone"] {
+        assert!(summary.contains(key), "{key}: {summary}");
+    }
+    assert!(log.contains("the schedule engine starts over with the reloaded settings"), "{log}");
+    assert!(summary.contains("needs_restart=[\"broker.listen\"]"), "{summary}");
+    assert_eq!(daemon.children(), before, "a reload restarted a process");
+
+    // A file that does not parse changes nothing.
+    std::fs::write(&config_file, "[broker]\nlisen = 1\n").unwrap();
+    daemon.signal(Signal::SIGHUP);
+    wait_for(Duration::from_secs(10), "the refusal", || {
+        daemon.log().contains("config not reloaded, the running one stays").then_some(())
+    })
+    .await;
+    assert!(common::connect(daemon.mqtt_port, "bob2", Some(("bob", "bob-pw"))).await.is_ok());
+    assert_eq!(daemon.children(), before);
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -172,6 +173,7 @@ fn message_text(host: &str, alert: &Alert) -> String {
 /// then sends what is still pending within a short grace period.
 pub async fn run(
     mut destination: Destination,
+    mut new_destinations: mpsc::Receiver<Destination>,
     mut queue: AlertQueue,
     mut coalescer: Coalescer,
     shutdown: CancellationToken,
@@ -185,6 +187,11 @@ pub async fn run(
                 for summary in coalescer.close_due(Instant::now()) {
                     destination.deliver(&summary, &shutdown).await;
                 }
+                continue;
+            }
+            Some(replacement) = new_destinations.recv() => {
+                destination = replacement;
+                info!("{} (reloaded)", destination.describe());
                 continue;
             }
             alert = queue.recv() => match alert {

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::config::{Anonymous, BrokerConfig, INTERNAL_MQTT_USER, Secret};
+use crate::config::{Anonymous, BrokerConfig, BrokerUser, Config, INTERNAL_MQTT_USER, Secret};
 use front_door::{FrontDoor, Route};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +36,32 @@ pub enum BrokerError {
     RouterStopped(String),
 }
 
-/// Runs the broker until `shutdown` is cancelled or the router dies.
+/// The accounts of `broker.users` by name, replaced whole when the config is reloaded.
+#[derive(Clone, Default)]
+struct Accounts(Arc<std::sync::RwLock<Arc<HashMap<String, Secret>>>>);
+
+impl Accounts {
+    fn new(users: &[BrokerUser]) -> Self {
+        let accounts = Self::default();
+        accounts.replace(users);
+        accounts
+    }
+
+    fn replace(&self, users: &[BrokerUser]) {
+        let by_name = users.iter().map(|user| (user.name.clone(), user.password_hash.clone())).collect();
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(by_name);
+    }
+
+    fn current(&self) -> Arc<HashMap<String, Secret>> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+/// Runs the broker until `shutdown` is cancelled or the router dies; on a reload, takes
+/// the new `broker.users` (the other broker settings need a restart).
 pub async fn run(
     config: &BrokerConfig,
+    mut reloads: watch::Receiver<Arc<Config>>,
     internal_password: Option<Secret>,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
@@ -46,7 +69,13 @@ pub async fn run(
     let ws = bind(config.ws_listen, "broker.ws_listen").await?;
     let internal = InternalPorts::reserve()?;
 
-    let router_config = router_config(config, &internal, internal_password);
+    let accounts = Accounts::new(&config.users);
+    // Accounts can change on a reload only where logins were required from the start.
+    let authenticating = [config.listen, config.ws_listen]
+        .into_iter()
+        .all(|public| !anonymous_allowed(config.anonymous, !config.users.is_empty(), public));
+    let mut users_now = config.users.clone();
+    let router_config = router_config(config, &internal, &accounts, internal_password);
     let (router_done_tx, mut router_done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("mqtt-router".into())
@@ -85,9 +114,24 @@ pub async fn run(
         "broker accepting MQTT 3.1.1 and 5 (TCP) and MQTT 3.1.1 (WebSocket)"
     );
 
-    let result = tokio::select! {
-        () = shutdown.cancelled() => Ok(()),
-        outcome = &mut router_done => Err(router_stopped(outcome)),
+    let result = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            outcome = &mut router_done => break Err(router_stopped(outcome)),
+            Ok(()) = reloads.changed() => {
+                let users = reloads.borrow_and_update().broker.users.clone();
+                if users == users_now {
+                    continue;
+                }
+                if authenticating && !users.is_empty() {
+                    accounts.replace(&users);
+                    info!(accounts = users.len(), "broker.users reloaded");
+                    users_now = users;
+                } else {
+                    warn!("broker.users changed between having accounts and having none: that takes a restart");
+                }
+            }
+        }
     };
     shutdown.cancel();
     tracker.wait().await;
@@ -147,10 +191,9 @@ impl InternalPorts {
 fn router_config(
     config: &BrokerConfig,
     internal: &InternalPorts,
+    accounts: &Accounts,
     internal_password: Option<Secret>,
 ) -> rumqttd::Config {
-    let accounts: Arc<HashMap<String, Secret>> =
-        Arc::new(config.users.iter().map(|user| (user.name.clone(), user.password_hash.clone())).collect());
     let server = |name: &str, listen: SocketAddr, public: SocketAddr| {
         let mut settings = ServerSettings {
             name: name.into(),
@@ -172,7 +215,7 @@ fn router_config(
             settings.set_auth_handler(move |_client_id, user: String, pass: String| {
                 let accounts = accounts.clone();
                 let internal_password = internal_password.clone();
-                async move { check_login(&accounts, internal_password.as_ref(), user, pass).await }
+                async move { check_login(&accounts.current(), internal_password.as_ref(), user, pass).await }
             });
         }
         (name.to_string(), settings)

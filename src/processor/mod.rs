@@ -32,7 +32,7 @@ use tracing::{debug, warn};
 
 use crate::alert::Alert;
 use crate::backoff::Backoff;
-use crate::child_context::ChildContext;
+use crate::child_context::{ChildContext, rerun_on_reload};
 use crate::config::Backend;
 use crate::mqtt::{self, Acker, Link, MqttError};
 use crate::protocol::topics;
@@ -152,17 +152,26 @@ pub async fn run_with_store<S: DocumentStore>(
         config.clone(),
         context.alerter.clone(),
     ));
-    let engine = schedules::Engine {
-        store: store.clone(),
-        client: client.clone(),
-        config: config.clone(),
-        alerter: context.alerter.clone(),
-        state: state_rx,
-    };
     {
-        let tracker = tasks.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move { engine.run(&tracker, stop).await });
+        let (tracker, store, client, alerter) = (tasks.clone(), store.clone(), client.clone(), context.alerter.clone());
+        let schedule_settings = |config: &crate::config::Config| config.schedule.clone();
+        tasks.spawn(rerun_on_reload(
+            "the schedule engine",
+            context.reloads.clone(),
+            schedule_settings,
+            shutdown.clone(),
+            move |config, stop| {
+                let engine = schedules::Engine {
+                    store: store.clone(),
+                    client: client.clone(),
+                    config,
+                    alerter: alerter.clone(),
+                    state: state_rx.clone(),
+                };
+                let tracker = tracker.clone();
+                async move { engine.run(&tracker, stop).await }
+            },
+        ));
     }
     let handlers = Arc::new(Handlers::new(store, client, config.clone(), context.alerter.clone()));
     let (incoming, queue) = mpsc::channel(config.processor.queue_capacity);

@@ -17,7 +17,7 @@ pub enum Advice {
 }
 
 /// The thresholds of the rules.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Rules {
     /// `air_level` (OpenWeatherMap AQI, 1 good .. 5 very poor) from which air is bad.

@@ -117,11 +117,16 @@ impl Launcher {
             .process_group(0)
             .kill_on_drop(true);
         let supervisor = nix::unistd::getpid();
-        // SAFETY: only async-signal-safe calls (prctl, getppid, dup2, fcntl, _exit) run
-        // between fork and exec.
+        // SAFETY: only async-signal-safe calls (prctl, signal, getppid, dup2, fcntl,
+        // _exit) run between fork and exec.
         unsafe {
             command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+                // SIGHUP (a reload passed on) would end a child that has not yet set
+                // up its handler; ignored until then, it is merely missed.
+                if nix::libc::signal(nix::libc::SIGHUP, nix::libc::SIG_IGN) == nix::libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if nix::unistd::getppid() != supervisor {
                     nix::libc::_exit(1);
                 }

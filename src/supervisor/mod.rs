@@ -26,7 +26,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::alert::{self, Alert, Alerter, Coalescer};
 use crate::config::{Backend, Config, Secret};
@@ -62,13 +62,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
     let notifier = Notifier::from_env();
     let mut signals_term = signal(SignalKind::terminate()).map_err(SupervisorError::Signals)?;
     let mut signals_int = signal(SignalKind::interrupt()).map_err(SupervisorError::Signals)?;
+    let mut signals_hup = signal(SignalKind::hangup()).map_err(SupervisorError::Signals)?;
 
     let tasks = TaskTracker::new();
     let alerts_stop = CancellationToken::new();
     let (alerter, alert_queue) = Alerter::channel(config.slack.queue_capacity);
     let destination = alert::slack::Destination::from_config(&config.slack)?;
     let coalescer = Coalescer::new(Duration::from_secs(config.slack.coalesce_window_secs));
-    tasks.spawn(alert::slack::run(destination, alert_queue, coalescer, alerts_stop.clone()));
+    let (new_destinations, destinations) = mpsc::channel(1);
+    tasks.spawn(alert::slack::run(destination, destinations, alert_queue, coalescer, alerts_stop.clone()));
 
     // A lost or damaged store stops the daemon before any child could start on it.
     if config.store.backend == Backend::Embedded
@@ -84,12 +86,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
 
     let launcher = Arc::new(Launcher {
         exe: std::env::current_exe().map_err(SupervisorError::Exe)?,
-        config_path,
+        config_path: config_path.clone(),
         internal_password: random_password(),
         tail_lines: config.supervisor.log_tail_lines,
         alerter: alerter.clone(),
     });
-    let config = Arc::new(config);
+    let mut config = Arc::new(config);
     let roles: Vec<Role> = if config.broker.embedded {
         vec![Role::Broker, Role::Processor, Role::Syncer]
     } else {
@@ -125,6 +127,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
         let report = tokio::select! {
             _ = signals_term.recv() => { info!("SIGTERM: stopping"); break 0; }
             _ = signals_int.recv() => { info!("SIGINT: stopping"); break 0; }
+            _ = signals_hup.recv() => {
+                reload(config_path.as_deref(), &mut config, &new_destinations, &pids);
+                continue;
+            }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 if pids.len() == roles.len() {
                     notifier.notify("WATCHDOG=1");
@@ -166,6 +172,63 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
     tasks.wait().await;
     info!(exit_code, "stopped");
     Ok(ExitCode::from(exit_code))
+}
+
+/// SIGHUP: reads the config file again and, if it is valid, applies what can change
+/// without dropping clients (Slack here; the children their own parts, on the SIGHUP
+/// passed on to them), and logs what changed and what needs a restart. An invalid file
+/// changes nothing.
+fn reload(
+    config_path: Option<&std::path::Path>,
+    config: &mut Arc<Config>,
+    new_destinations: &mpsc::Sender<alert::slack::Destination>,
+    pids: &HashMap<Role, u32>,
+) {
+    let Some(path) = config_path else {
+        info!("SIGHUP: running on the defaults, with no config file to read again");
+        return;
+    };
+    let mut reloaded = match Config::load(Some(path)) {
+        Ok(reloaded) => reloaded,
+        Err(err) => {
+            error!("SIGHUP: config not reloaded, the running one stays: {err}");
+            return;
+        }
+    };
+    if let Err(err) = reloaded.resolve_secrets(&crate::config::SecretEnv::from_process()) {
+        error!("SIGHUP: config not reloaded, the running one stays: {err}");
+        return;
+    }
+    let changed = config.changed_keys(&reloaded);
+    if changed.is_empty() {
+        info!("SIGHUP: config reloaded; nothing changed");
+        return;
+    }
+    let (applied, pending): (Vec<&String>, Vec<&String>) =
+        changed.iter().partition(|key| crate::config::reloadable(key));
+    if changed.iter().any(|key| key.starts_with("slack.")) {
+        match alert::slack::Destination::from_config(&reloaded.slack) {
+            Ok(destination) => {
+                let _ = new_destinations.try_send(destination);
+            }
+            Err(err) => error!("SIGHUP: the new [slack] settings cannot be used: {err}"),
+        }
+    }
+    for (role, pid) in pids {
+        if let Err(err) =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGHUP)
+        {
+            warn!(child = %role, "cannot pass SIGHUP on: {err}");
+        }
+    }
+    info!(applied = ?applied, needs_restart = ?pending, "SIGHUP: config reloaded");
+    // What needs a restart stays as it was, so the next reload names it again.
+    let mut kept = (**config).clone();
+    kept.slack = reloaded.slack.clone();
+    kept.schedule = reloaded.schedule.clone();
+    kept.weather = reloaded.weather.clone();
+    kept.broker.users = std::mem::take(&mut reloaded.broker.users);
+    *config = Arc::new(kept);
 }
 
 fn status_line(roles: &[Role], pids: &HashMap<Role, u32>) -> String {

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::alert::{Alert, Alerter};
 use crate::backoff::Backoff;
-use crate::child_context::ChildContext;
+use crate::child_context::{ChildContext, rerun_on_reload};
 use crate::config::Backend;
 use crate::config::Config;
 use crate::mqtt::{self, Link, MqttError};
@@ -47,8 +47,6 @@ pub enum SyncerError {
     Mqtt(#[from] MqttError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Weather(#[from] weather::WeatherError),
 }
 
 /// Runs the syncer on the configured tree.
@@ -99,11 +97,12 @@ pub async fn run_with_tree<T: RealtimeTree>(
     ] {
         tasks.spawn(mirror(tree.clone(), path, topic, client.clone(), context.alerter.clone(), shutdown.clone()));
     }
-    if config.weather.api_key.is_empty() {
-        info!("no weather.api_key: the weather is off");
-    } else {
-        let client = weather::Client::new(&config.weather)?;
-        tasks.spawn(keep_weather(client, tree.clone(), config.clone(), context.alerter.clone(), shutdown.clone()));
+    {
+        let (tree, alerter) = (tree.clone(), context.alerter.clone());
+        let weather_settings = |config: &Config| config.weather.clone();
+        tasks.spawn(rerun_on_reload("the weather", context.reloads.clone(), weather_settings, shutdown.clone(), {
+            move |config, stop| weather(config, tree.clone(), alerter.clone(), stop)
+        }));
     }
     tasks.close();
 
@@ -189,6 +188,21 @@ async fn mirror<T: RealtimeTree>(
     if let Err(err) = watched {
         warn!(path, "tree listener stopped: {err}");
         alerter.raise(Alert::new(ROLE, format!("lost the listener of {path}"), err.to_string()));
+    }
+}
+
+/// Keeps the weather up to date as `config` says, until `stop`.
+async fn weather<T: RealtimeTree>(config: Arc<Config>, tree: T, alerter: Alerter, stop: CancellationToken) {
+    if config.weather.api_key.is_empty() {
+        info!("no weather.api_key: the weather is off");
+        return stop.cancelled().await;
+    }
+    match weather::Client::new(&config.weather) {
+        Ok(client) => keep_weather(client, tree, config, alerter, stop).await,
+        Err(err) => {
+            alerter.raise(Alert::new(ROLE, "the weather cannot be fetched", err.to_string()));
+            stop.cancelled().await;
+        }
     }
 }
 
