@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod log_limit;
 pub mod mqtt;
+pub mod panic_exit;
 pub mod processor;
 pub mod protocol;
 pub mod schedule;

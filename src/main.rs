@@ -18,8 +18,6 @@ use smarthomed::{broker, processor, supervisor, syncer};
 
 /// Exit code for a config that cannot be used (systemd: RestartPreventExitStatus).
 const EXIT_CONFIG: u8 = 2;
-/// Exit code after a panic (Rust's own for a panicked main thread).
-const EXIT_PANIC: u8 = 101;
 
 #[derive(Parser)]
 #[command(
@@ -92,7 +90,7 @@ impl ConfigArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    exit_on_panic();
+    smarthomed::panic_exit::install();
     smarthomed::tls::use_ring();
     let args = match &cli.command {
         Command::HashPassword => return report(hash_password()),
@@ -348,23 +346,4 @@ where
         write!(writer, "<{priority}>")?;
         self.0.format_event(context, writer, event)
     }
-}
-
-/// A panic anywhere ends the process: a task that panicked leaves the rest of the
-/// process running without it, half alive. The panic is logged first, so the
-/// supervisor's alert about the exit shows it; a child's exit is then restarted, and
-/// the supervisor's own by systemd.
-fn exit_on_panic() {
-    std::panic::set_hook(Box::new(|info| {
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|message| (*message).to_owned())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".to_owned());
-        let location = info.location().map(|location| location.to_string()).unwrap_or_default();
-        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
-        tracing::error!(location, thread, "panic: {message}; exiting");
-        std::process::exit(EXIT_PANIC.into());
-    }));
 }

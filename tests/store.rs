@@ -180,6 +180,41 @@ async fn a_backup_taken_while_the_daemon_runs_restores_the_store() {
     assert_eq!(next_json(&mut replies, "webos/android/error").await["code"], "unknown_user");
 }
 
+#[tokio::test]
+async fn a_store_damaged_under_the_running_daemon_is_never_served_from_after_a_restart() {
+    use common::app::{listen, publisher, send, wait_processor};
+    let slack = common::slack::SlackServer::start().await;
+    let supervisor = "[supervisor]\nbackoff_initial_ms = 100\nbackoff_max_ms = 200\nrestart_limit = 2\n";
+    let mut daemon = common::Daemon::start("run", "", &format!("{supervisor}{}", slack.config()));
+    let processor = daemon.wait_children(&["broker", "processor", "syncer"]).await["processor"];
+    daemon.wait_broker().await;
+    let mut replies = listen(&daemon, "app", "webos/android/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+    for n in 0..300 {
+        let signup =
+            json!({"Producer": "android", "command": "signup", "UID": format!("uid-{n}"), "name": "x".repeat(300)});
+        send(&app, "webos/server/info", signup.to_string()).await;
+    }
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"signin","UID":"uid-299"}"#).await;
+    common::app::next_json(&mut replies, "webos/android/info").await;
+
+    // Garbage over everything but the header, behind the running processor's back;
+    // then the processor dies and its replacement opens the file.
+    let path = daemon.dir.path().join("data/documents.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let end = bytes.len();
+    bytes[4096..end].iter_mut().enumerate().for_each(|(i, byte)| *byte = (i * 7 + 13) as u8);
+    std::fs::write(&path, bytes).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(processor as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+
+    let status = daemon.wait_exit(std::time::Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(3), "{}", daemon.log());
+    let exits = slack.texts_containing("processor exited unexpectedly").concat();
+    assert!(exits.contains("documents.redb") && exits.contains("unreadable"), "{exits}");
+    assert_eq!(slack.texts_containing("processor hit the restart limit").len(), 1);
+}
+
 /// A small tmpfs mounted for one test (root only, as CI runs), unmounted when dropped.
 struct SmallFileSystem(std::path::PathBuf);
 
