@@ -19,6 +19,12 @@ use smarthomed::store::embedded::EmbeddedTree;
 
 const ROLES: [&str; 3] = ["broker", "processor", "syncer"];
 
+/// The daemon with alerts to `slack` and the weather of `city` from `weather`, with `key`.
+fn start_with_weather(slack: &SlackServer, weather: &WeatherServer, city: &str, key: &str) -> Daemon {
+    let config = format!("{FAST_SUPERVISOR}{}{}", slack.config(), weather.config(city));
+    Daemon::start_with_keys("run", "", &config, &[("weather_api_key", key)])
+}
+
 async fn next_payload(messages: &mut common::app::Messages, topic: &str) -> String {
     tokio::time::timeout(Duration::from_secs(15), async {
         loop {
@@ -116,12 +122,7 @@ async fn weather_failures_back_off_and_alert_once_per_outage() {
         weather.fail_next(status);
     }
     let slack = SlackServer::start().await;
-    let daemon = Daemon::start_with_keys(
-        "run",
-        "",
-        &format!("{FAST_SUPERVISOR}{}{}", slack.config(), weather.config("Seoul")),
-        &[("weather_api_key", &weather.key)],
-    );
+    let daemon = start_with_weather(&slack, &weather, "Seoul", &weather.key);
     let syncer = daemon.wait_children(&ROLES).await["syncer"];
     wait_for(Duration::from_secs(20), "the weather to come back", || {
         (!slack.texts_containing("the weather is back").is_empty()).then_some(())
@@ -137,12 +138,7 @@ async fn a_refused_key_or_unknown_city_is_alerted_without_the_key() {
     let weather = WeatherServer::start().await;
     let slack = SlackServer::start().await;
     let wrong_key = "owm-wrong-key-must-not-leak";
-    let daemon = Daemon::start_with_keys(
-        "run",
-        "",
-        &format!("{FAST_SUPERVISOR}{}{}", slack.config(), weather.config("Seoul")),
-        &[("weather_api_key", wrong_key)],
-    );
+    let daemon = start_with_weather(&slack, &weather, "Seoul", wrong_key);
     daemon.wait_children(&ROLES).await;
     let alert = wait_for(Duration::from_secs(20), "the refused-key alert", || {
         slack.texts_containing("the weather cannot be updated").into_iter().next()
@@ -150,12 +146,7 @@ async fn a_refused_key_or_unknown_city_is_alerted_without_the_key() {
     .await;
     assert!(alert.contains("API key was refused"), "{alert}");
 
-    let city = Daemon::start_with_keys(
-        "run",
-        "",
-        &format!("{FAST_SUPERVISOR}{}{}", slack.config(), weather.config("Atlantis")),
-        &[("weather_api_key", &weather.key)],
-    );
+    let city = start_with_weather(&slack, &weather, "Atlantis", &weather.key);
     city.wait_children(&ROLES).await;
     wait_for(Duration::from_secs(20), "the unknown-city alert", || {
         slack.texts_containing("Atlantis").into_iter().next()
@@ -175,12 +166,7 @@ async fn the_key_leaks_neither_through_error_bodies_nor_through_redirects() {
     weather.fault_next(Fault::EchoUrl);
     weather.fault_next(Fault::Redirect(format!("http://localhost:{}", elsewhere.addr.port())));
     let slack = SlackServer::start().await;
-    let daemon = Daemon::start_with_keys(
-        "run",
-        "",
-        &format!("{FAST_SUPERVISOR}{}{}", slack.config(), weather.config("Seoul")),
-        &[("weather_api_key", &weather.key)],
-    );
+    let daemon = start_with_weather(&slack, &weather, "Seoul", &weather.key);
     daemon.wait_children(&ROLES).await;
     wait_for(Duration::from_secs(20), "the weather to come back", || {
         (!slack.texts_containing("the weather is back").is_empty()).then_some(())
