@@ -64,6 +64,7 @@ pub fn child_end() -> io::Result<Option<pipe::Sender>> {
     // SAFETY: the supervisor opened the pipe on CHILD_FD before exec and said so in
     // FD_ENV; nothing else in this process owns that descriptor, and this is its only
     // caller that takes it (ChildContext, once per process).
+    #[allow(unsafe_code)]
     let fd = unsafe { OwnedFd::from_raw_fd(CHILD_FD) };
     pipe::Sender::from_owned_fd(fd).map(Some)
 }

@@ -107,10 +107,10 @@ const UNIT: &str = include_str!("../systemd/smarthomed.service");
 
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
-    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("systemd-analyze is not installed: unit not verified");
-        return;
-    };
+    let probe = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .expect("systemd-analyze is missing: install Debian's systemd (scripts/test does)");
     assert!(probe.status.success());
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("smarthomed.service");

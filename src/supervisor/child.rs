@@ -119,6 +119,7 @@ impl Launcher {
         let supervisor = nix::unistd::getpid();
         // SAFETY: only async-signal-safe calls (prctl, signal, getppid, dup2, fcntl,
         // _exit) run between fork and exec.
+        #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;

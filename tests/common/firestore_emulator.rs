@@ -79,6 +79,7 @@ fn start() -> Result<String, String> {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null());
             // SAFETY: prctl is async-signal-safe.
+            #[allow(unsafe_code)]
             unsafe {
                 command.pre_exec(|| {
                     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
