@@ -82,6 +82,7 @@ pub struct Config {
     pub weather: WeatherConfig,
     pub supervisor: SupervisorConfig,
     pub secrets: SecretsConfig,
+    pub homeassistant: HomeAssistantConfig,
 }
 
 /// Who may connect to the embedded broker without a username.
@@ -421,6 +422,22 @@ impl SupervisorConfig {
     }
 }
 
+/// Home Assistant MQTT discovery (see README, "Home Assistant").
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    /// Publish discovery configs and take Home Assistant's commands.
+    pub enabled: bool,
+    /// Home Assistant's `discovery_prefix` (its MQTT integration's setting).
+    pub discovery_prefix: String,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        Self { enabled: true, discovery_prefix: crate::protocol::homeassistant::DEFAULT_PREFIX.into() }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsConfig {
@@ -625,6 +642,13 @@ impl Config {
         }
         if self.mqtt.reconnect_max_ms < self.mqtt.reconnect_initial_ms {
             return Err(invalid("mqtt.reconnect_max_ms", "must not be below mqtt.reconnect_initial_ms"));
+        }
+        let prefix = &self.homeassistant.discovery_prefix;
+        if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains(['+', '#']) {
+            return Err(invalid(
+                "homeassistant.discovery_prefix",
+                "must be an MQTT topic without wildcards or a leading or trailing /",
+            ));
         }
         let processor = &self.processor;
         if processor.facer_command.first().is_some_and(|program| program.trim().is_empty()) {

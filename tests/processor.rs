@@ -411,3 +411,78 @@ async fn a_flood_of_garbage_is_answered_in_full_and_logged_in_part() {
     let logged = daemon.log().lines().filter(|line| line.contains("rejected command")).count();
     assert!((1..=smarthomed::log_limit::BURST as usize).contains(&logged), "{logged} lines for {GARBAGE} refusals");
 }
+
+#[tokio::test]
+async fn home_assistant_discovers_the_home_and_drives_it_through_the_control_path() {
+    let daemon = start("").await;
+    let mut discovery = listen(&daemon, "home-assistant", "homeassistant/#").await;
+    let mut configs = std::collections::HashMap::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while configs.len() < 13 {
+            let (topic, payload, retained) = discovery.recv().await.expect("subscription ended");
+            assert!(retained, "{topic} is not retained");
+            configs.insert(topic, serde_json::from_str::<Value>(&payload).expect("config is JSON"));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} configs: {:?}", configs.len(), configs.keys()));
+
+    // What Home Assistant requires of each component, and what it needs to place it.
+    let mut unique_ids = std::collections::HashSet::new();
+    for (topic, config) in &configs {
+        let parts: Vec<&str> = topic.split('/').collect();
+        assert!(parts.len() == 5 && parts[2] == "smarthomed" && parts[4] == "config", "{topic}");
+        let required: &[&str] = match parts[1] {
+            "light" | "fan" | "cover" | "valve" => &["command_topic", "state_topic"],
+            "sensor" | "binary_sensor" => &["state_topic"],
+            other => panic!("unexpected component {other}"),
+        };
+        for key in required.iter().chain(&["name", "unique_id"]) {
+            assert!(config.get(*key).is_some_and(|value| !value.is_null()), "{topic} lacks {key}");
+        }
+        assert!(unique_ids.insert(config["unique_id"].clone()), "{topic}: unique_id repeated");
+        assert_eq!(config["device"]["identifiers"], json!(["smarthomed"]), "{topic}");
+        for (key, value) in config.as_object().unwrap() {
+            if key.ends_with("command_topic") {
+                let command = value.as_str().unwrap();
+                assert!(command.starts_with("smarthomed/ha/") && command.ends_with("/set"), "{topic}: {key}");
+            } else if key.ends_with("_topic") {
+                assert!(value.as_str().unwrap().starts_with("smarthomed/"), "{topic}: {key}");
+            }
+        }
+        for availability in config["availability"].as_array().into_iter().flatten() {
+            assert!(availability["topic"].as_str().unwrap().ends_with("/availability"), "{topic}");
+        }
+    }
+
+    let light = &configs["homeassistant/light/smarthomed/light/config"];
+    let mut appliance = listen(&daemon, "esp32", "webos/smarthome/info").await;
+    let mut errors = listen(&daemon, "ha-errors", "webos/homeassistant/error").await;
+    let mut state = listen(&daemon, "state", "smarthomed/appliance/state").await;
+    let device = publisher(&daemon, "PSW_Arduino").await;
+    send(&device, "data/smarthome", "006120010").await;
+    expect_message(&mut state, "smarthomed/appliance/state", "006120010").await;
+
+    let home_assistant = publisher(&daemon, "home-assistant-pub").await;
+    let brightness = light["brightness_command_topic"].as_str().unwrap();
+    send(&home_assistant, brightness, "9").await;
+    expect_message(&mut appliance, "webos/smarthome/info", "026190022").await;
+    let fan = &configs["homeassistant/fan/smarthomed/aircon/config"];
+    send(&home_assistant, fan["command_topic"].as_str().unwrap(), "ON").await;
+    expect_message(&mut appliance, "webos/smarthome/info", "016220022").await;
+    send(&home_assistant, light["command_topic"].as_str().unwrap(), "BRIGHT").await;
+    let error = next_json(&mut errors, "webos/homeassistant/error").await;
+    assert_eq!(error["code"], "invalid_control", "{error}");
+
+    // Home Assistant restarted: it announces itself and gets every config again.
+    send(&home_assistant, "homeassistant/status", "online").await;
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (topic, _, _) = discovery.recv().await.expect("subscription ended");
+            if topic.ends_with("/config") {
+                return topic;
+            }
+        }
+    });
+    assert!(again.await.is_ok(), "no config was sent again");
+}

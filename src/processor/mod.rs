@@ -16,6 +16,7 @@
 pub mod alarms;
 pub mod appliance;
 pub mod commands;
+pub mod homeassistant;
 pub mod recommendation;
 pub mod schedules;
 pub mod texts;
@@ -35,6 +36,8 @@ use crate::backoff::Backoff;
 use crate::child_context::{ChildContext, rerun_on_reload};
 use crate::config::Backend;
 use crate::mqtt::{self, Acker, Link, MqttError};
+use crate::protocol::appliance::State;
+use crate::protocol::homeassistant as protocol_homeassistant;
 use crate::protocol::topics;
 use crate::schedule::model::MODES;
 use crate::store::embedded::EmbeddedDocuments;
@@ -137,6 +140,11 @@ pub async fn run_with_store<S: DocumentStore>(
     {
         link.subscribe(filter, QoS::AtLeastOnce);
     }
+    let homeassistant_prefix = config.homeassistant.enabled.then(|| config.homeassistant.discovery_prefix.clone());
+    if let Some(prefix) = &homeassistant_prefix {
+        link.subscribe(protocol_homeassistant::COMMAND_FILTER, QoS::AtLeastOnce);
+        link.subscribe(protocol_homeassistant::status_topic(prefix), QoS::AtLeastOnce);
+    }
     let handler_timeout = Duration::from_millis(config.processor.handler_timeout_ms);
     link.set_drain_grace(handler_timeout + Duration::from_secs(config.processor.facer_timeout_secs));
     let client = link.client();
@@ -144,6 +152,11 @@ pub async fn run_with_store<S: DocumentStore>(
     let tasks = TaskTracker::new();
     let (appliance_inputs, appliance_queue) = mpsc::channel(config.processor.queue_capacity);
     let (state_tx, state_rx) = watch::channel(None);
+    let appliance_state = state_rx.clone();
+    if let Some(prefix) = homeassistant_prefix.clone() {
+        let client = client.clone();
+        tasks.spawn(async move { homeassistant::publish_discovery(&client, &prefix).await });
+    }
     tasks.spawn(appliance::run(
         appliance_queue,
         state_tx,
@@ -173,7 +186,7 @@ pub async fn run_with_store<S: DocumentStore>(
             },
         ));
     }
-    let handlers = Arc::new(Handlers::new(store, client, config.clone(), context.alerter.clone()));
+    let handlers = Arc::new(Handlers::new(store, client.clone(), config.clone(), context.alerter.clone()));
     let (incoming, queue) = mpsc::channel(config.processor.queue_capacity);
     let (acks, unacked) = mpsc::channel(config.processor.queue_capacity + config.processor.max_concurrent_handlers);
     tasks.spawn(acknowledge_in_order(unacked, acker));
@@ -185,6 +198,9 @@ pub async fn run_with_store<S: DocumentStore>(
         permits: Arc::new(Semaphore::new(config.processor.max_concurrent_handlers)),
         handler_timeout,
         tasks: tasks.clone(),
+        homeassistant: homeassistant_prefix.map(|prefix| (protocol_homeassistant::status_topic(&prefix), prefix)),
+        appliance_state,
+        client,
     };
     tokio::join!(link.run(incoming, shutdown.clone()), dispatcher.run(queue, shutdown));
     tasks.close();
@@ -248,6 +264,11 @@ struct Dispatcher<S: DocumentStore> {
     permits: Arc<Semaphore>,
     handler_timeout: Duration,
     tasks: TaskTracker,
+    /// With Home Assistant on: its status topic and the discovery prefix.
+    homeassistant: Option<(String, String)>,
+    /// The appliance's last state, from which Home Assistant's commands are built.
+    appliance_state: watch::Receiver<Option<State>>,
+    client: rumqttc::AsyncClient,
 }
 
 impl<S: DocumentStore> Dispatcher<S> {
@@ -278,11 +299,25 @@ impl<S: DocumentStore> Dispatcher<S> {
     async fn dispatch(&mut self, publish: Publish, shutdown: &CancellationToken) -> bool {
         let (handled, handled_signal) = oneshot::channel();
         let payload = publish.payload.clone();
+        let topic = publish.topic.clone();
+        if let Some((status, prefix)) = &self.homeassistant
+            && topic == *status
+        {
+            // Home Assistant started (again): it needs the discovery configs anew.
+            if payload.as_ref() == b"online" {
+                let (client, prefix) = (self.client.clone(), prefix.clone());
+                self.tasks.spawn(async move { homeassistant::publish_discovery(&client, &prefix).await });
+            }
+            let _ = handled.send(());
+            return self.track(publish, handled_signal, shutdown).await;
+        }
+        let from_homeassistant =
+            self.homeassistant.is_some() && topic.starts_with(protocol_homeassistant::COMMAND_PREFIX);
         let input = match publish.topic.as_str() {
             topics::APPLIANCE_STATE_TOPIC => Some(ApplianceInput::State(payload.clone())),
             topics::HOMETEMP_TOPIC => Some(ApplianceInput::HomeTemp(payload.clone())),
             topics::OPENWEATHER_TOPIC => Some(ApplianceInput::OpenWeather(payload.clone())),
-            topic if topic.starts_with("webos/server/") || topic == "webos/server" => None,
+            topic if topic.starts_with("webos/server/") || topic == "webos/server" || from_homeassistant => None,
             topic => {
                 debug!(topic, "no route for this topic");
                 let _ = handled.send(());
@@ -302,7 +337,12 @@ impl<S: DocumentStore> Dispatcher<S> {
 
         let handlers = self.handlers.clone();
         let (permits, shutdown) = (self.permits.clone(), shutdown.clone());
-        let command = match handlers.parse(&payload) {
+        let parsed = if from_homeassistant {
+            homeassistant::command(&topic, &payload, self.appliance_state.borrow().as_ref())
+        } else {
+            handlers.parse(&payload)
+        };
+        let command = match parsed {
             Ok(command) => command,
             Err(rejection) => {
                 self.tasks.spawn(async move {

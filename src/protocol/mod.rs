@@ -2,4 +2,5 @@
 
 pub mod appliance;
 pub mod command;
+pub mod homeassistant;
 pub mod topics;
