@@ -5,6 +5,7 @@
 //! the bus between them ([`mqtt`]); failures become [`alert`]s that the supervisor
 //! delivers to Slack.
 
+pub mod accounts_file;
 pub mod alert;
 pub mod backoff;
 pub mod broker;

@@ -46,6 +46,27 @@ enum Command {
     /// Check or reset the embedded store (store.dir).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Add, change or remove a broker account ([[broker.users]]) in the config file.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add an account; the password is asked for twice (or read from standard input).
+    Add(UserArg),
+    /// Set a new password for an account.
+    Passwd(UserArg),
+    /// Remove an account.
+    Remove(UserArg),
+}
+
+#[derive(Args)]
+struct UserArg {
+    /// The account's user name.
+    name: String,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +115,7 @@ fn main() -> ExitCode {
     smarthomed::tls::use_ring();
     let args = match &cli.command {
         Command::HashPassword => return report(hash_password()),
+        Command::User(command) => return report(user_command(command)),
         Command::Run(args)
         | Command::Broker(args)
         | Command::Processor(args)
@@ -147,7 +169,7 @@ fn main() -> ExitCode {
             }))
         })),
         Command::Store(command) => report(store_command(command, &config)),
-        Command::HashPassword => unreachable!("handled before loading the config"),
+        Command::HashPassword | Command::User(_) => unreachable!("handled before loading the config"),
     }
 }
 
@@ -225,6 +247,45 @@ fn store_command(command: StoreCommand, config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn user_command(command: &UserCommand) -> anyhow::Result<()> {
+    use smarthomed::accounts_file::{Edit, edit_file};
+    let (UserCommand::Add(args) | UserCommand::Passwd(args) | UserCommand::Remove(args)) = command;
+    let path = args.config.config.as_deref().context("name the config file: -c FILE or SMARTHOMED_CONFIG")?;
+    let name = args.name.as_str();
+    let done = match command {
+        UserCommand::Add(_) | UserCommand::Passwd(_) => {
+            let password = read_new_password()?;
+            let hash = smarthomed::broker::password::hash(&password)?;
+            if matches!(command, UserCommand::Add(_)) {
+                edit_file(path, &Edit::Add { name, password_hash: &hash })?;
+                "added"
+            } else {
+                edit_file(path, &Edit::SetPassword { name, password_hash: &hash })?;
+                "changed the password of"
+            }
+        }
+        UserCommand::Remove(_) => {
+            edit_file(path, &Edit::Remove { name })?;
+            "removed"
+        }
+    };
+    println!("{done} {name} in {}; `systemctl reload smarthomed` (SIGHUP) applies it", path.display());
+    Ok(())
+}
+
+/// A new password: asked for twice without echo on a terminal, else one line of input.
+fn read_new_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        let password = rpassword::prompt_password("new password: ").context("cannot read the password")?;
+        let again = rpassword::prompt_password("again: ").context("cannot read the password")?;
+        anyhow::ensure!(password == again, "the two passwords differ; nothing changed");
+        return Ok(password);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 fn hash_password() -> anyhow::Result<()> {

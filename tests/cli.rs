@@ -103,6 +103,56 @@ fn hash_password_output_is_accepted_as_an_account() {
     assert!(output.status.success(), "{}", text(&output.stderr));
 }
 
+/// `smarthomed <args>` with `input` on standard input (not a terminal).
+fn smarthomed_with_input(args: &[&str], input: &str) -> Output {
+    let mut child = common::smarthomed_command()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn user_commands_edit_the_accounts_in_the_config_file() {
+    let file = config_file("# my home\n[slack]\nchannel = \"#home\"  # where alerts go\n");
+    let path = file.path().to_str().unwrap();
+    let hash_of = |name: &str| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let config = smarthomed::config::Config::parse(&text, file.path()).unwrap();
+        config.broker.users.iter().find(|user| user.name == name).map(|user| user.password_hash.expose().to_owned())
+    };
+
+    let added = smarthomed_with_input(&["user", "add", "alice", "-c", path], "alice-pw\n");
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    assert!(text(&added.stdout).contains("systemctl reload smarthomed"));
+    let edited = std::fs::read_to_string(path).unwrap();
+    assert!(edited.starts_with("# my home\n[slack]\nchannel = \"#home\"  # where alerts go\n"), "{edited}");
+    assert!(smarthomed::broker::password::verify("alice-pw", &hash_of("alice").unwrap()));
+    assert!(smarthomed(&["check-config", "-c", path]).status.success());
+
+    let again = smarthomed_with_input(&["user", "add", "alice", "-c", path], "other\n");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("exists already"), "{}", text(&again.stderr));
+
+    let changed = smarthomed_with_input(&["user", "passwd", "alice", "-c", path], "new-pw\n");
+    assert!(changed.status.success(), "{}", text(&changed.stderr));
+    assert!(smarthomed::broker::password::verify("new-pw", &hash_of("alice").unwrap()));
+
+    assert!(smarthomed(&["user", "remove", "alice", "-c", path]).status.success());
+    assert_eq!(hash_of("alice"), None);
+    let missing = smarthomed(&["user", "remove", "alice", "-c", path]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("no account"), "{}", text(&missing.stderr));
+    let reserved = smarthomed_with_input(&["user", "add", "smarthomed", "-c", path], "x\n");
+    assert_eq!(reserved.status.code(), Some(1));
+    let no_file = smarthomed_with_input(&["user", "add", "bob"], "x\n");
+    assert!(text(&no_file.stderr).contains("-c FILE"), "{}", text(&no_file.stderr));
+}
+
 const UNIT: &str = include_str!("../systemd/smarthomed.service");
 
 #[test]
