@@ -855,6 +855,23 @@ impl Config {
     }
 }
 
+impl Config {
+    /// This config with what a reload applies ([`reloadable`]) taken from `new`; the
+    /// rest stays as it was, so the next reload names it again.
+    pub fn with_reloaded(&self, new: &Config) -> Config {
+        let mut kept = self.clone();
+        kept.slack = SlackConfig {
+            queue_capacity: self.slack.queue_capacity,
+            coalesce_window_secs: self.slack.coalesce_window_secs,
+            ..new.slack.clone()
+        };
+        kept.schedule = new.schedule.clone();
+        kept.weather = new.weather.clone();
+        kept.broker.users = new.broker.users.clone();
+        kept
+    }
+}
+
 /// Whether a changed key takes effect on SIGHUP, without a restart: Slack (the
 /// supervisor), the accounts (the broker), the schedules' settings (the processor's
 /// engine starts over) and the weather (the syncer's fetcher starts over).
@@ -994,6 +1011,18 @@ mod tests {
         assert!(reloadable("slack.token") && reloadable("broker.users") && reloadable("schedule.timezone"));
         assert!(!reloadable("broker.listen") && !reloadable("store.dir") && !reloadable("broker.users_x"));
         assert!(!reloadable("slack.queue_capacity"));
+
+        // What a reload applies and what `reloadable` says agree.
+        let everything = parse(
+            "[slack]\nchannel = \"#b\"\nqueue_capacity = 7\n[schedule]\ntimezone = \"UTC\"\n[weather]\ncity = \"Busan\"\n\
+             [store]\ndir = \"elsewhere\"\n",
+        )
+        .unwrap();
+        let applied = old.with_reloaded(&everything);
+        let left = applied.changed_keys(&everything);
+        assert_eq!(left, ["slack.queue_capacity", "store.dir"]);
+        assert!(left.iter().all(|key| !reloadable(key)));
+        assert!(old.changed_keys(&applied).iter().all(|key| reloadable(key)));
     }
 
     #[test]

@@ -222,13 +222,7 @@ fn reload(
         }
     }
     info!(applied = ?applied, needs_restart = ?pending, "SIGHUP: config reloaded");
-    // What needs a restart stays as it was, so the next reload names it again.
-    let mut kept = (**config).clone();
-    kept.slack = reloaded.slack.clone();
-    kept.schedule = reloaded.schedule.clone();
-    kept.weather = reloaded.weather.clone();
-    kept.broker.users = std::mem::take(&mut reloaded.broker.users);
-    *config = Arc::new(kept);
+    *config = Arc::new(config.with_reloaded(&reloaded));
 }
 
 fn status_line(roles: &[Role], pids: &HashMap<Role, u32>) -> String {
