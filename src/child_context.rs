@@ -32,9 +32,14 @@ pub struct ChildContext {
 }
 
 impl ChildContext {
-    /// Builds the context from the process environment; the alert forwarder runs in
-    /// `tasks` until the last clone of the context is dropped.
-    pub fn from_env(reloads: watch::Receiver<Arc<Config>>, tasks: &TaskTracker) -> Self {
+    /// Builds the context from the process environment; the control pipe's task runs in
+    /// `tasks` until `job_done`.
+    pub fn from_env(
+        reloads: watch::Receiver<Arc<Config>>,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        tasks: &TaskTracker,
+        job_done: &CancellationToken,
+    ) -> Self {
         let config = reloads.borrow().clone();
         let internal_password =
             std::env::var(INTERNAL_PASSWORD_ENV).ok().filter(|password| !password.is_empty()).map(Secret::new);
@@ -44,7 +49,7 @@ impl ChildContext {
             None
         });
         let interval = control::heartbeat_interval(config.supervisor.heartbeat_timeout());
-        tasks.spawn(control::run_child_end(pipe, queue, interval));
+        tasks.spawn(control::run_child_end(pipe, queue, interval, metrics, job_done.clone()));
         Self { config, reloads, internal_password, alerter }
     }
 }

@@ -83,6 +83,7 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub secrets: SecretsConfig,
     pub homeassistant: HomeAssistantConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// Who may connect to the embedded broker without a username.
@@ -422,6 +423,20 @@ impl SupervisorConfig {
     }
 }
 
+/// The supervisor's Prometheus `/metrics` and `/healthz` endpoint (README, "Metrics").
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` to serve on; empty (the default): no endpoint, no metrics collected.
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
 /// Home Assistant MQTT discovery (see README, "Home Assistant").
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -642,6 +657,9 @@ impl Config {
         }
         if self.mqtt.reconnect_max_ms < self.mqtt.reconnect_initial_ms {
             return Err(invalid("mqtt.reconnect_max_ms", "must not be below mqtt.reconnect_initial_ms"));
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen_addr().is_none() {
+            return Err(invalid("metrics.listen", "must be host:port, such as \"127.0.0.1:9898\", or empty (off)"));
         }
         let prefix = &self.homeassistant.discovery_prefix;
         if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains(['+', '#']) {

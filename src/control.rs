@@ -13,9 +13,11 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::alert::{Alert, AlertQueue};
@@ -31,7 +33,11 @@ pub const FD_ENV: &str = "SMARTHOMED_CONTROL_FD";
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
     Alert(Alert),
-    Heartbeat,
+    /// Alive; with the child's metrics when they are collected (`[metrics] listen`).
+    Heartbeat {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metrics: Option<String>,
+    },
 }
 
 impl ControlMessage {
@@ -69,19 +75,42 @@ pub fn child_end() -> io::Result<Option<pipe::Sender>> {
     pipe::Sender::from_owned_fd(fd).map(Some)
 }
 
-/// Forwards the child's alerts and sends a heartbeat every `interval` until the alert
-/// queue closes (every [`crate::alert::Alerter`] dropped). Without a pipe the alerts
-/// have been logged already by the alerter, and no one waits for heartbeats.
-pub async fn run_child_end(mut pipe: Option<pipe::Sender>, mut alerts: AlertQueue, interval: Duration) {
+/// Forwards the child's alerts and sends a heartbeat every `interval` until `shutdown`,
+/// then forwards the alerts still queued. It runs whether or not the child's job keeps
+/// an [`crate::alert::Alerter`]: a job that raises no alert (the broker's) is alive all
+/// the same. Without a pipe the alerts have been logged already by the alerter, and no
+/// one waits for heartbeats.
+pub async fn run_child_end(
+    mut pipe: Option<pipe::Sender>,
+    mut alerts: AlertQueue,
+    interval: Duration,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) {
     let mut heartbeat = tokio::time::interval(interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut alerts_open = true;
     loop {
         let message = tokio::select! {
-            alert = alerts.recv() => match alert {
+            alert = alerts.recv(), if alerts_open => match alert {
                 Some(alert) => ControlMessage::Alert(alert),
-                None => return,
+                None => {
+                    alerts_open = false;
+                    continue;
+                }
             },
-            _ = heartbeat.tick(), if pipe.is_some() => ControlMessage::Heartbeat,
+            _ = heartbeat.tick(), if pipe.is_some() => {
+                ControlMessage::Heartbeat { metrics: metrics.as_ref().map(PrometheusHandle::render) }
+            }
+            () = shutdown.cancelled() => {
+                alerts.close();
+                while let Some(alert) = alerts.recv().await {
+                    if let Some(writer) = pipe.as_mut() {
+                        let _ = writer.write_all(ControlMessage::Alert(alert).to_line().as_bytes()).await;
+                    }
+                }
+                return;
+            }
         };
         let Some(writer) = pipe.as_mut() else { continue };
         if let Err(err) = writer.write_all(message.to_line().as_bytes()).await {
@@ -123,7 +152,12 @@ mod tests {
         assert_eq!(line.matches('\n').count(), 1);
         assert!(line.ends_with('\n'));
         assert_eq!(ControlMessage::from_line(line.trim_end()).unwrap(), alert);
-        assert_eq!(ControlMessage::from_line(&ControlMessage::Heartbeat.to_line()).unwrap(), ControlMessage::Heartbeat);
+        let heartbeat = ControlMessage::Heartbeat { metrics: Some("a_total 1\nb 2\n".into()) };
+        assert_eq!(ControlMessage::from_line(heartbeat.to_line().trim_end()).unwrap(), heartbeat);
+        assert_eq!(
+            ControlMessage::from_line(r#"{"type":"heartbeat"}"#).unwrap(),
+            ControlMessage::Heartbeat { metrics: None }
+        );
         assert!(ControlMessage::from_line("ERROR not a message").is_err());
     }
 

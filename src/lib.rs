@@ -21,4 +21,5 @@ pub mod schedule;
 pub mod store;
 pub mod supervisor;
 pub mod syncer;
+pub mod telemetry;
 pub mod tls;

@@ -143,6 +143,10 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => match current_thread().map(|rt| rt.block_on(supervisor::run(config, args.config))) {
             Ok(Ok(code)) => code,
+            Ok(Err(err @ supervisor::SupervisorError::MetricsListen { .. })) => {
+                let _ = writeln!(LossyStderr, "error: {err}");
+                ExitCode::from(EXIT_CONFIG)
+            }
             Ok(Err(err)) => report(Err(err.into())),
             Err(err) => report(Err(err)),
         },
@@ -185,6 +189,8 @@ where
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    // Collected only when the supervisor serves them.
+    let metrics = config.metrics.listen_addr().and_then(|_| smarthomed::telemetry::install());
     let (reload, reloads) = tokio::sync::watch::channel(std::sync::Arc::new(config));
     let signalled = shutdown.clone();
     tasks.spawn(async move {
@@ -205,8 +211,12 @@ where
         tracing::info!("stopping");
         signalled.cancel();
     });
-    let context = ChildContext::from_env(reloads, &tasks);
+    // The control pipe outlives the job's own shutdown: alerts raised while it drains
+    // still reach the supervisor, and heartbeats show it is still stopping, not hung.
+    let job_done = CancellationToken::new();
+    let context = ChildContext::from_env(reloads, metrics, &tasks, &job_done);
     let result = job(context, shutdown.clone()).await;
+    job_done.cancel();
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;

@@ -259,3 +259,19 @@ fn the_firebase_backend_needs_its_project_and_database() {
         assert!(text(&output.stderr).contains(key), "{key} not in: {}", text(&output.stderr));
     }
 }
+
+#[test]
+fn a_taken_metrics_port_is_a_startup_error_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(&format!(
+        "[broker]\nlisten = \"127.0.0.1:{}\"\nws_listen = \"127.0.0.1:{}\"\n[store]\ndir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+        common::free_port(),
+        common::free_port(),
+        dir.path().join("data").display()
+    ));
+    let output = smarthomed(&["run", "-c", file.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("metrics.listen"), "{}", text(&output.stderr));
+}

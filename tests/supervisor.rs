@@ -230,6 +230,18 @@ async fn a_hung_child_is_killed_restarted_and_alerted() {
     assert_eq!(daemon.children()["broker"], before["broker"]);
     assert_eq!(daemon.children()["syncer"], before["syncer"]);
     assert_eq!(daemon.children()["processor"], replacement);
+
+    // The broker too, though it raises no alert of its own.
+    kill(Pid::from_raw(before["broker"] as i32), Signal::SIGSTOP).unwrap();
+    wait_for(Duration::from_secs(15), "a new broker", || {
+        daemon.children().get("broker").copied().filter(|pid| *pid != before["broker"])
+    })
+    .await;
+    let alert = wait_for(Duration::from_secs(10), "the broker's alert", || {
+        slack.texts_containing("broker exited unexpectedly").into_iter().next()
+    })
+    .await;
+    assert!(alert.contains("hung: no heartbeat"), "{alert}");
 }
 
 #[tokio::test]
@@ -357,4 +369,60 @@ async fn sighup_reloads_accounts_slack_and_the_weather_without_restarting_anythi
     .await;
     assert!(common::connect(daemon.mqtt_port, "bob2", Some(("bob", "bob-pw"))).await.is_ok());
     assert_eq!(daemon.children(), before);
+}
+
+#[tokio::test]
+async fn metrics_and_health_cover_every_process() {
+    use common::app::{listen, publisher, wait_processor};
+    smarthomed::tls::use_ring();
+    let port = common::free_port();
+    let extra = format!("{FAST_SUPERVISOR}heartbeat_timeout_secs = 2\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let daemon = Daemon::start("run", "", &extra);
+    let before = daemon.wait_children(&ROLES).await;
+    daemon.wait_broker().await;
+    let mut replies = listen(&daemon, "app", "webos/android/+").await;
+    let app = publisher(&daemon, "app-pub").await;
+    wait_processor(&app, &mut replies).await;
+
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let request = http.get(format!("http://127.0.0.1:{port}{path}"));
+        async move {
+            let response = request.send().await.ok()?;
+            Some((response.status().as_u16(), response.text().await.ok()?))
+        }
+    };
+    common::wait_for_async(Duration::from_secs(10), "healthy", || async {
+        get("/healthz").await.filter(|(status, body)| *status == 200 && body.contains("\"healthy\":true"))
+    })
+    .await;
+    let wanted = [
+        "smarthomed_processor_commands_total{command=\"signin\",outcome=\"unknown_user\"}",
+        "smarthomed_processor_handler_seconds_bucket{command=\"signin\"",
+        "smarthomed_processor_queue_depth",
+        "smarthomed_broker_connections{listener=\"mqtt\"}",
+        "smarthomed_alerts_total{outcome=\"dropped\"} 0",
+    ];
+    let metrics = common::wait_for_async(Duration::from_secs(15), "every process's metrics", || async {
+        get("/metrics").await.map(|(_, body)| body).filter(|body| wanted.iter().all(|metric| body.contains(metric)))
+    })
+    .await;
+    let mut families = std::collections::HashSet::new();
+    for line in metrics.lines().filter(|line| line.starts_with("# TYPE ")) {
+        assert!(families.insert(line.split_whitespace().nth(2).unwrap().to_owned()), "{line} twice:\n{metrics}");
+    }
+
+    // A stopped processor is unhealthy at once, and healthy again once restarted.
+    kill(Pid::from_raw(before["processor"] as i32), Signal::SIGSTOP).unwrap();
+    let (_, down) = common::wait_for_async(Duration::from_secs(10), "unhealthy", || async {
+        get("/healthz").await.filter(|(status, _)| *status == 503)
+    })
+    .await;
+    assert!(down.contains("\"processor\":\"down\""), "{down}");
+    common::wait_for_async(Duration::from_secs(20), "healthy again", || async {
+        get("/healthz").await.filter(|(status, _)| *status == 200)
+    })
+    .await;
+    let metrics = get("/metrics").await.unwrap().1;
+    assert!(metrics.contains("smarthomed_supervisor_child_restarts_total{child=\"processor\"} 1"), "{metrics}");
 }

@@ -79,6 +79,11 @@ impl Alerter {
         self.enqueue(&self.own, alert);
     }
 
+    /// Alerts dropped so far for a full queue.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     /// Queues an alert a child raised (and logged itself), in the children's queue.
     pub fn relay(&self, alert: Alert) {
         self.enqueue(&self.relayed, alert);

@@ -131,11 +131,15 @@ impl SlackSink {
         for attempt in 1..=self.max_attempts {
             let session = self.client.open_session(&self.token);
             let err = match session.chat_post_message(&request).await {
-                Ok(_) => return,
+                Ok(_) => {
+                    metrics::counter!("smarthomed_alerts_total", "outcome" => "sent").increment(1);
+                    return;
+                }
                 Err(err) => err,
             };
             let wait = match retry_decision(&err) {
                 Retry::GiveUp => {
+                    metrics::counter!("smarthomed_alerts_total", "outcome" => "refused").increment(1);
                     error!(title = alert.title, "Slack refused the alert, not retrying: {err}");
                     return;
                 }
@@ -152,6 +156,7 @@ impl SlackSink {
                 () = shutdown.cancelled() => break,
             }
         }
+        metrics::counter!("smarthomed_alerts_total", "outcome" => "failed").increment(1);
         error!(title = alert.title, attempts = self.max_attempts, "alert not delivered to Slack");
     }
 }

@@ -118,8 +118,12 @@ impl FrontDoor {
             let sniff_timeout = self.sniff_timeout;
             let name = self.name;
             let shutdown = shutdown.clone();
+            metrics::counter!("smarthomed_broker_connections_total", "listener" => name).increment(1);
+            let open = metrics::gauge!("smarthomed_broker_connections", "listener" => name);
+            open.increment(1.0);
             tracker.spawn(async move {
                 let _permit = permit;
+                let _counted = OpenConnection(open);
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     result = splice(stream, route, sniff_timeout) => {
@@ -130,6 +134,15 @@ impl FrontDoor {
                 }
             });
         }
+    }
+}
+
+/// Counts a connection as open until dropped, on every way out of its task.
+struct OpenConnection(metrics::Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

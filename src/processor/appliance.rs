@@ -214,6 +214,7 @@ impl<S: DocumentStore> Appliance<S> {
     }
 
     fn store_failed(&self, what: &str, err: &StoreError) {
+        metrics::counter!("smarthomed_processor_store_errors_total").increment(1);
         warn!("{what}: {err}");
         self.alerter.raise(Alert::new("processor", what, err.to_string()));
     }

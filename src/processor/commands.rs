@@ -33,6 +33,7 @@ pub struct Handlers<S> {
 
 /// A failure that is the daemon's, not the sender's: it is also alerted.
 fn store_failure(err: &StoreError) -> Rejection {
+    metrics::counter!("smarthomed_processor_store_errors_total").increment(1);
     Rejection::new("store_error", format!("the store failed: {err}"))
 }
 
@@ -59,6 +60,9 @@ impl<S: DocumentStore> Handlers<S> {
 
     /// Answers a command that could not be read.
     pub async fn refuse(&self, rejection: Rejection) {
+        // The command's name is not used as a label: an unread one may be anything.
+        metrics::counter!("smarthomed_processor_commands_total", "command" => "unreadable", "outcome" => rejection.code)
+            .increment(1);
         let verdict = match self.log_limit.lock() {
             Ok(mut limit) => limit.check(rejection.code, Instant::now()),
             Err(_) => Verdict::Log { suppressed_before: 0 },
@@ -76,7 +80,17 @@ impl<S: DocumentStore> Handlers<S> {
             Request::StartFacer => timeout + Duration::from_secs(self.config.processor.facer_timeout_secs),
             _ => timeout,
         };
+        let started = Instant::now();
         let outcome = tokio::time::timeout(timeout, self.carry_out(&command)).await;
+        let code = match &outcome {
+            Ok(Ok(())) => "ok",
+            Ok(Err(rejection)) => rejection.code,
+            Err(_) => "timeout",
+        };
+        let name = command.name.clone();
+        metrics::counter!("smarthomed_processor_commands_total", "command" => name.clone(), "outcome" => code)
+            .increment(1);
+        metrics::histogram!("smarthomed_processor_handler_seconds", "command" => name).record(started.elapsed());
         let failure = match outcome {
             Ok(Ok(())) => return,
             Ok(Err(rejection)) => rejection,

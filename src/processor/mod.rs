@@ -283,6 +283,7 @@ impl<S: DocumentStore> Dispatcher<S> {
                     None => break,
                 },
             };
+            metrics::gauge!("smarthomed_processor_queue_depth").set(queue.len() as f64);
             if !self.dispatch(publish, &shutdown).await {
                 break;
             }

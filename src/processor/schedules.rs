@@ -252,6 +252,7 @@ impl<S: DocumentStore> Engine<S> {
         match target::needed_control(&wanted, current.as_ref()) {
             Some(control) => {
                 info!(title = schedule.title, control = %control, "schedule runs");
+                metrics::counter!("smarthomed_processor_schedule_runs_total").increment(1);
                 if let Err(err) =
                     self.client.publish(APPLIANCE_CONTROL_TOPIC, QoS::AtLeastOnce, false, control.encode()).await
                 {
@@ -320,6 +321,7 @@ impl<S: DocumentStore> Engine<S> {
     }
 
     fn store_failed(&self, what: &str, err: &StoreError) {
+        metrics::counter!("smarthomed_processor_store_errors_total").increment(1);
         warn!("{what}: {err}");
         self.alerter.raise(Alert::new("processor", what, err.to_string()));
     }

@@ -33,6 +33,7 @@ use crate::alert::Alerter;
 use crate::config::{SECRET_SOURCES, Secret};
 use crate::control::{self, ControlMessage};
 use crate::mqtt::INTERNAL_PASSWORD_ENV;
+use crate::telemetry::Children;
 
 /// How long to wait for a dead child's last output to arrive through its pipes.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
@@ -76,6 +77,8 @@ pub struct Launcher {
     pub internal_password: Secret,
     pub tail_lines: usize,
     pub alerter: Alerter,
+    /// Their heartbeats and metrics, for `/healthz` and `/metrics`.
+    pub children: Children,
 }
 
 pub struct RunningChild {
@@ -158,11 +161,13 @@ impl Launcher {
         }
         let (heartbeat, heartbeats) = watch::channel(Instant::now());
         let control_end = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(control_end))?;
-        let alerter = self.alerter.clone();
+        let (alerter, children) = (self.alerter.clone(), self.children.clone());
+        children.started(role.name());
         relays.spawn(control::read_supervisor_end(control_end, role.name(), move |message| match message {
             ControlMessage::Alert(alert) => alerter.relay(alert),
-            ControlMessage::Heartbeat => {
+            ControlMessage::Heartbeat { metrics } => {
                 let _ = heartbeat.send(Instant::now());
+                children.heartbeat(role.name(), metrics);
             }
         }));
         relays.close();

@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::alert::{self, Alert, Alerter, Coalescer};
 use crate::config::{Backend, Config, Secret};
+use crate::telemetry;
 use child::{Launcher, Role, RunningChild, describe_exit};
 use restart::{Decision, RestartPolicy};
 use systemd::Notifier;
@@ -48,6 +49,10 @@ pub enum SupervisorError {
     Signals(std::io::Error),
     #[error(transparent)]
     Slack(#[from] alert::slack::SlackError),
+    #[error("cannot listen on metrics.listen = {addr}: {source}")]
+    MetricsListen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot set up the metrics recorder: one is installed already")]
+    MetricsRecorder,
 }
 
 enum Report {
@@ -84,19 +89,33 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
         return Ok(ExitCode::from(EXIT_STORE));
     }
 
+    let roles: Vec<Role> = if config.broker.embedded {
+        vec![Role::Broker, Role::Processor, Role::Syncer]
+    } else {
+        vec![Role::Processor, Role::Syncer]
+    };
+    let children = telemetry::Children::default();
+    children.expect(roles.iter().map(|role| role.name()).collect());
+    if let Some(addr) = config.metrics.listen_addr() {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| SupervisorError::MetricsListen { addr, source })?;
+        let own = telemetry::install().ok_or(SupervisorError::MetricsRecorder)?;
+        // Fresh while no more than one of the four heartbeats per timeout was missed.
+        let fresh = config.supervisor.heartbeat_timeout() / 2;
+        tasks.spawn(telemetry::serve(listener, own, alerter.clone(), children.clone(), fresh, alerts_stop.clone()));
+        info!(%addr, "serving /metrics and /healthz");
+    }
+
     let launcher = Arc::new(Launcher {
         exe: std::env::current_exe().map_err(SupervisorError::Exe)?,
         config_path: config_path.clone(),
         internal_password: random_password(),
         tail_lines: config.supervisor.log_tail_lines,
         alerter: alerter.clone(),
+        children,
     });
     let mut config = Arc::new(config);
-    let roles: Vec<Role> = if config.broker.embedded {
-        vec![Role::Broker, Role::Processor, Role::Syncer]
-    } else {
-        vec![Role::Processor, Role::Syncer]
-    };
     alerter.announce(Alert::new(
         "supervisor",
         "smarthomed started",
@@ -308,6 +327,7 @@ async fn supervise(
         };
         let _ = reports.send(Report::Up { role, pid: child.pid }).await;
         if let Some(delay) = restart {
+            metrics::counter!("smarthomed_supervisor_child_restarts_total", "child" => role.name()).increment(1);
             alerter.raise(Alert::new(
                 "supervisor",
                 format!("{role} restarted"),
@@ -321,8 +341,9 @@ async fn supervise(
             ));
         }
 
-        let Some(exit) = watch(&mut child, &config, &policy, restart.is_some(), &launcher, &reports, &stop).await
-        else {
+        let watched = watch(&mut child, &config, &policy, restart.is_some(), &launcher, &reports, &stop).await;
+        launcher.children.stopped(role.name());
+        let Some(exit) = watched else {
             let _ = reports.send(Report::Down(role)).await;
             return;
         };

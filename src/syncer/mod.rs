@@ -68,6 +68,11 @@ pub async fn run(context: ChildContext, shutdown: CancellationToken) -> Result<(
 }
 
 fn stream_alert(report: StreamReport) -> Alert {
+    let (path, up) = match &report {
+        StreamReport::Lost { path, .. } => (path.clone(), 0.0),
+        StreamReport::Back { path, .. } => (path.clone(), 1.0),
+    };
+    metrics::gauge!("smarthomed_syncer_stream_up", "path" => path).set(up);
     match report {
         StreamReport::Lost { path, reason } => {
             Alert::new(ROLE, format!("lost the Realtime Database stream of {path}; reconnecting"), reason)
@@ -225,6 +230,7 @@ async fn keep_weather<T: RealtimeTree>(
                 match tree.set(OPENWEATHER_PATH, value).await {
                     Ok(()) => {
                         info!(icon = current.icon, air_level, "weather updated");
+                        metrics::counter!("smarthomed_syncer_weather_updates_total", "outcome" => "ok").increment(1);
                         if let Some(problem) = outage.take() {
                             alerter.announce(Alert::new(ROLE, "the weather is back", format!("after: {problem}")));
                         }
@@ -244,6 +250,7 @@ async fn keep_weather<T: RealtimeTree>(
                     _ => retry.next_delay(),
                 };
                 warn!(retry_in = ?wait, "weather update failed: {err}");
+                metrics::counter!("smarthomed_syncer_weather_updates_total", "outcome" => "failed").increment(1);
                 if outage.is_none() {
                     alerter.raise(Alert::new(ROLE, "the weather cannot be updated", err.to_string()));
                     outage = Some(err.to_string());
