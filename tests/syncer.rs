@@ -65,8 +65,11 @@ async fn the_weather_reaches_the_processor_and_the_recommendation_reaches_the_tr
     wait_processor(&device, &mut replies).await;
     send(&device, "data/smarthome", "000000010").await;
     expect_message(&mut recommendation, "smarthomed/recommendation", "비 소식이 있으니 창문을 닫아주세요.").await;
-    // The syncer writes it back; give it a moment before stopping.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The syncer writes it back.
+    wait_for(Duration::from_secs(10), "the notification written", || {
+        daemon.log().contains("notification written").then_some(())
+    })
+    .await;
 
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
@@ -107,7 +110,10 @@ async fn tree_values_reach_the_processor_as_retained_messages() {
     .unwrap_or_else(|_| panic!("got only {seen:#?}"));
     let hometemp: Value = serde_json::from_str(&seen["smarthomed/sensor/hometemp"]).unwrap();
     assert_eq!(hometemp["rain"], "1");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(Duration::from_secs(10), "the notification written", || {
+        daemon.log().contains("notification written").then_some(())
+    })
+    .await;
 
     daemon.signal(Signal::SIGTERM);
     daemon.wait_exit(Duration::from_secs(20)).await;
