@@ -467,9 +467,13 @@ async fn home_assistant_discovers_the_home_and_drives_it_through_the_control_pat
     let brightness = light["brightness_command_topic"].as_str().unwrap();
     send(&home_assistant, brightness, "9").await;
     expect_message(&mut appliance, "webos/smarthome/info", "026190022").await;
+    // Home Assistant turns a light on with a brightness as brightness, then ON: the ON
+    // keeps the brightness just asked for, though the device has not reported it yet.
+    send(&home_assistant, light["command_topic"].as_str().unwrap(), "ON").await;
+    expect_message(&mut appliance, "webos/smarthome/info", "026190022").await;
     let fan = &configs["homeassistant/fan/smarthomed/aircon/config"];
     send(&home_assistant, fan["command_topic"].as_str().unwrap(), "ON").await;
-    expect_message(&mut appliance, "webos/smarthome/info", "016220022").await;
+    expect_message(&mut appliance, "webos/smarthome/info", "016290022").await;
     send(&home_assistant, light["command_topic"].as_str().unwrap(), "BRIGHT").await;
     let error = next_json(&mut errors, "webos/homeassistant/error").await;
     assert_eq!(error["code"], "invalid_control", "{error}");

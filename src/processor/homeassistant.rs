@@ -25,8 +25,8 @@ pub async fn publish_discovery(client: &AsyncClient, prefix: &str) {
     info!(prefix, entities = count, "Home Assistant discovery published");
 }
 
-/// The `control` command for Home Assistant's `payload` on `topic`.
-pub fn command(topic: &str, payload: &[u8], current: Option<&State>) -> Result<Command, Rejection> {
+/// The `control` command for Home Assistant's `payload` on `topic`, built on `current`.
+pub fn command(topic: &str, payload: &[u8], current: &State) -> Result<Command, Rejection> {
     let text = String::from_utf8_lossy(payload);
     match homeassistant::control_for(topic, &text, current) {
         Ok(control) => {

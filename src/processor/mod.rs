@@ -37,6 +37,7 @@ use crate::child_context::{ChildContext, rerun_on_reload};
 use crate::config::Backend;
 use crate::mqtt::{self, Acker, Link, MqttError};
 use crate::protocol::appliance::State;
+use crate::protocol::command::{Command, Rejection, Request};
 use crate::protocol::homeassistant as protocol_homeassistant;
 use crate::protocol::topics;
 use crate::schedule::model::MODES;
@@ -200,6 +201,7 @@ pub async fn run_with_store<S: DocumentStore>(
         tasks: tasks.clone(),
         homeassistant: homeassistant_prefix.map(|prefix| (protocol_homeassistant::status_topic(&prefix), prefix)),
         appliance_state,
+        homeassistant_expected: None,
         client,
     };
     tokio::join!(link.run(incoming, shutdown.clone()), dispatcher.run(queue, shutdown));
@@ -266,8 +268,11 @@ struct Dispatcher<S: DocumentStore> {
     tasks: TaskTracker,
     /// With Home Assistant on: its status topic and the discovery prefix.
     homeassistant: Option<(String, String)>,
-    /// The appliance's last state, from which Home Assistant's commands are built.
+    /// The appliance's last reported state.
     appliance_state: watch::Receiver<Option<State>>,
+    /// What Home Assistant's controls so far lead to, from the last report on: its next
+    /// command builds on this, not on a report that has not caught up with them yet.
+    homeassistant_expected: Option<State>,
     client: rumqttc::AsyncClient,
 }
 
@@ -338,11 +343,8 @@ impl<S: DocumentStore> Dispatcher<S> {
 
         let handlers = self.handlers.clone();
         let (permits, shutdown) = (self.permits.clone(), shutdown.clone());
-        let parsed = if from_homeassistant {
-            homeassistant::command(&topic, &payload, self.appliance_state.borrow().as_ref())
-        } else {
-            handlers.parse(&payload)
-        };
+        let parsed =
+            if from_homeassistant { self.homeassistant_command(&topic, &payload) } else { handlers.parse(&payload) };
         let command = match parsed {
             Ok(command) => command,
             Err(rejection) => {
@@ -383,6 +385,21 @@ impl<S: DocumentStore> Dispatcher<S> {
             let _ = handled.send(());
         });
         true
+    }
+
+    /// Home Assistant's command, built on what its earlier controls lead to; a new report
+    /// from the appliance starts over from what it says.
+    fn homeassistant_command(&mut self, topic: &str, payload: &[u8]) -> Result<Command, Rejection> {
+        if self.appliance_state.has_changed().unwrap_or(false) || self.homeassistant_expected.is_none() {
+            self.homeassistant_expected =
+                Some(protocol_homeassistant::assumed_state(self.appliance_state.borrow_and_update().as_ref()));
+        }
+        let current = protocol_homeassistant::assumed_state(self.homeassistant_expected.as_ref());
+        let command = homeassistant::command(topic, payload, &current)?;
+        if let Request::Control(control) = &command.request {
+            self.homeassistant_expected = Some(control.apply_to(&current));
+        }
+        Ok(command)
     }
 
     /// Queues the message for acknowledgement once `handled` fires.

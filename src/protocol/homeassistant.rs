@@ -220,10 +220,26 @@ pub enum CommandError {
     Control(#[from] ParseError),
 }
 
-/// The control that carries out Home Assistant's `payload` on `topic`, built from the
-/// last known `current` state (none yet: level 5, white, normal), manual (mode 0), and
-/// checked as an app's control is.
-pub fn control_for(topic: &str, payload: &str, current: Option<&State>) -> Result<Control, CommandError> {
+/// The state Home Assistant's commands build on when the appliance has reported none:
+/// everything off, levels 5, white, normal.
+pub fn assumed_state(reported: Option<&State>) -> State {
+    reported.copied().unwrap_or(State {
+        mode: 0,
+        aircon: false,
+        fan_level: 5,
+        light: false,
+        brightness: 5,
+        color: 0,
+        light_mode: 0,
+        window: false,
+        gas_valve: false,
+    })
+}
+
+/// The control that carries out Home Assistant's `payload` on `topic`, built from
+/// `current` (what the earlier commands lead to: a light turned on keeps the brightness
+/// just asked for), manual (mode 0), and checked as an app's control is.
+pub fn control_for(topic: &str, payload: &str, current: &State) -> Result<Control, CommandError> {
     let command = topic
         .strip_prefix(COMMAND_PREFIX)
         .and_then(|rest| rest.strip_suffix("/set"))
@@ -246,16 +262,14 @@ pub fn control_for(topic: &str, payload: &str, current: Option<&State>) -> Resul
         "OFF" => Ok(false),
         _ => Err(CommandError::BadPayload { command, payload: payload.to_owned(), expected: "ON, OFF" }),
     };
-    let fan_level = current.map_or(5, |state| state.fan_level).max(1);
-    let brightness = current.map_or(5, |state| state.brightness).max(1);
     let mut control = Control {
         mode: 0,
         aircon: Switch::Keep,
-        fan_level,
+        fan_level: current.fan_level.max(1),
         light: Switch::Keep,
-        brightness,
-        color: current.map_or(0, |state| state.color),
-        light_mode: current.map_or(0, |state| state.light_mode),
+        brightness: current.brightness.max(1),
+        color: current.color,
+        light_mode: current.light_mode,
         window: Switch::Keep,
         gas_valve: Switch::Keep,
     };
@@ -305,18 +319,20 @@ mod tests {
             ("smarthomed/ha/gas_valve/set", "CLOSE", "026220020"),
         ];
         for (topic, payload, expected) in cases {
-            let control = control_for(topic, payload, Some(&current)).unwrap();
+            let control = control_for(topic, payload, &current).unwrap();
             assert_eq!(control.encode(), expected, "{topic} {payload}");
         }
     }
 
     #[test]
     fn bad_commands_are_errors_naming_what_is_expected() {
-        let err = control_for("smarthomed/ha/light/set", "BRIGHT", None).unwrap_err();
+        let current = assumed_state(None);
+        let err = control_for("smarthomed/ha/light/set", "BRIGHT", &current).unwrap_err();
         assert_eq!(err.to_string(), "light: \"BRIGHT\" is not one of ON, OFF");
-        assert!(control_for("smarthomed/ha/light_brightness/set", "10", None).is_err());
-        assert!(control_for("smarthomed/ha/toaster/set", "ON", None).is_err());
-        assert!(control_for("smarthomed/other", "ON", None).is_err());
+        assert!(control_for("smarthomed/ha/light_brightness/set", "10", &current).is_err());
+        assert!(control_for("smarthomed/ha/toaster/set", "ON", &current).is_err());
+        assert!(control_for("smarthomed/other", "ON", &current).is_err());
+        assert_eq!(control_for("smarthomed/ha/light/set", "ON", &current).unwrap().encode(), "025150022");
     }
 
     #[test]
