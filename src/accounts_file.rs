@@ -3,6 +3,8 @@
 //! result is checked as the daemon will read it before it replaces the file, so an edit
 //! never leaves a config the daemon refuses; the daemon takes it on SIGHUP.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
@@ -93,7 +95,15 @@ pub fn edit_file(path: &Path, edit: &Edit<'_>) -> Result<(), AccountsError> {
     let mut staged = path.as_os_str().to_owned();
     staged.push(".edit");
     let staged = std::path::PathBuf::from(staged);
-    std::fs::write(&staged, edited).map_err(write_error)?;
+    // Owner-only until it has the original's permissions: the file may hold secrets.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staged)
+        .and_then(|mut file| file.write_all(edited.as_bytes()).and_then(|()| file.sync_all()))
+        .map_err(write_error)?;
     std::fs::set_permissions(&staged, permissions).map_err(write_error)?;
     // Ownership too, where we may (root editing /etc/smarthomed/smarthomed.toml).
     if let Ok(metadata) = std::fs::metadata(path) {

@@ -126,8 +126,11 @@ fn user_commands_edit_the_accounts_in_the_config_file() {
         config.broker.users.iter().find(|user| user.name == name).map(|user| user.password_hash.expose().to_owned())
     };
 
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)).unwrap();
     let added = smarthomed_with_input(&["user", "add", "alice", "-c", path], "alice-pw\n");
     assert!(added.status.success(), "{}", text(&added.stderr));
+    assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o640, "permissions changed");
     assert!(text(&added.stdout).contains("systemctl reload smarthomed"));
     let edited = std::fs::read_to_string(path).unwrap();
     assert!(edited.starts_with("# my home\n[slack]\nchannel = \"#home\"  # where alerts go\n"), "{edited}");
