@@ -105,6 +105,14 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// MQTT over WebSocket, for browser and webOS clients.
     pub ws_listen: SocketAddr,
+    /// MQTT 3.1.1 and 5 over TLS (mqtts://, usually port 8883); off when absent.
+    pub tls_listen: Option<SocketAddr>,
+    /// MQTT over secure WebSocket (wss://); off when absent.
+    pub wss_listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key of `tls_listen` and `wss_listen`; read
+    /// again on a reload and whenever they change on disk (certificate renewals).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     pub anonymous: Anonymous,
     pub users: Vec<BrokerUser>,
     pub max_payload_bytes: usize,
@@ -123,6 +131,10 @@ impl Default for BrokerConfig {
             embedded: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             ws_listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            tls_listen: None,
+            wss_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             anonymous: Anonymous::Loopback,
             users: Vec::new(),
             max_payload_bytes: 256 * 1024,
@@ -132,6 +144,16 @@ impl Default for BrokerConfig {
             log_segment_bytes: 1024 * 1024,
             log_segment_count: 2,
         }
+    }
+}
+
+impl BrokerConfig {
+    /// Every public listener with its key, the optional ones only when set.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut listeners = vec![("broker.listen", self.listen), ("broker.ws_listen", self.ws_listen)];
+        listeners.extend(self.tls_listen.map(|addr| ("broker.tls_listen", addr)));
+        listeners.extend(self.wss_listen.map(|addr| ("broker.wss_listen", addr)));
+        listeners
     }
 }
 
@@ -151,6 +173,9 @@ pub struct MqttConfig {
     pub url: String,
     pub username: String,
     pub password: Secret,
+    /// PEM certificates of the authorities to trust for an mqtts:// or wss:// `url`
+    /// (a private CA); absent: the system's trusted roots.
+    pub ca_file: Option<PathBuf>,
     pub keep_alive_secs: u64,
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
@@ -164,6 +189,7 @@ impl Default for MqttConfig {
             url: String::new(),
             username: String::new(),
             password: Secret::default(),
+            ca_file: None,
             keep_alive_secs: 30,
             reconnect_initial_ms: 500,
             reconnect_max_ms: 30_000,
@@ -757,8 +783,17 @@ impl Config {
         if !broker.embedded {
             return Ok(());
         }
-        if broker.listen == broker.ws_listen {
-            return Err(invalid("broker.ws_listen", "must differ from broker.listen"));
+        let listeners = broker.listeners();
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, earlier)| earlier == addr) {
+                return Err(invalid(key, format!("must differ from {other}")));
+            }
+        }
+        if (broker.tls_listen.is_some() || broker.wss_listen.is_some())
+            && (broker.tls_cert_file.is_none() || broker.tls_key_file.is_none())
+        {
+            let key = if broker.tls_cert_file.is_none() { "broker.tls_cert_file" } else { "broker.tls_key_file" };
+            return Err(invalid(key, "must be set for broker.tls_listen and broker.wss_listen"));
         }
         if broker.log_segment_bytes < broker.max_payload_bytes {
             return Err(invalid(
@@ -795,7 +830,7 @@ impl Config {
             ));
         }
         if broker.users.is_empty() && broker.anonymous != Anonymous::Always {
-            for (key, addr) in [("broker.listen", broker.listen), ("broker.ws_listen", broker.ws_listen)] {
+            for (key, addr) in listeners {
                 if !addr.ip().is_loopback() || broker.anonymous == Anonymous::Never {
                     return Err(invalid(
                         key,
@@ -816,6 +851,9 @@ impl Config {
             if !self.broker.embedded {
                 return Err(invalid("mqtt.url", "must name the external broker when broker.embedded = false"));
             }
+            if self.mqtt.ca_file.is_some() {
+                return Err(invalid("mqtt.ca_file", "is only used with an mqtts:// or wss:// mqtt.url"));
+            }
             return Ok(());
         }
         let url = url::Url::parse(&self.mqtt.url).map_err(|err| invalid("mqtt.url", format!("not a URL: {err}")))?;
@@ -827,6 +865,9 @@ impl Config {
         }
         if url.host_str().is_none() {
             return Err(invalid("mqtt.url", "has no host"));
+        }
+        if self.mqtt.ca_file.is_some() && !matches!(url.scheme(), "mqtts" | "wss") {
+            return Err(invalid("mqtt.ca_file", "is only used with an mqtts:// or wss:// mqtt.url"));
         }
         Ok(())
     }
@@ -1007,6 +1048,15 @@ mod tests {
             ("[broker]\nlisten = \"0.0.0.0:1883\"", "broker.listen"),
             ("[broker]\nanonymous = \"never\"", "broker.listen"),
             ("[broker]\nws_listen = \"127.0.0.1:1883\"", "broker.ws_listen"),
+            ("[broker]\ntls_listen = \"127.0.0.1:8083\"", "broker.tls_listen"),
+            ("[broker]\nwss_listen = \"127.0.0.1:8884\"", "broker.tls_cert_file"),
+            ("[broker]\ntls_listen = \"127.0.0.1:8883\"\ntls_cert_file = \"c.pem\"", "broker.tls_key_file"),
+            (
+                "[broker]\ntls_listen = \"0.0.0.0:8883\"\ntls_cert_file = \"c\"\ntls_key_file = \"k\"",
+                "broker.tls_listen",
+            ),
+            ("[mqtt]\nca_file = \"ca.pem\"", "mqtt.ca_file"),
+            ("[mqtt]\nurl = \"mqtt://host\"\nca_file = \"ca.pem\"", "mqtt.ca_file"),
             (
                 "[broker]\nanonymous = \"always\"\n[[broker.users]]\nname = \"a\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$Z2l2ZW5oYXNoZ2l2ZW5oYXNo\"",
                 "broker.anonymous",

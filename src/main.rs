@@ -138,6 +138,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig(_) => {
+            if let Err(err) = supervisor::check_named_files(&config) {
+                let _ = writeln!(LossyStderr, "error: {err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             print!("{}", config.to_redacted_toml());
             ExitCode::SUCCESS
         }

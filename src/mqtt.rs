@@ -21,7 +21,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,8 @@ const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
 pub enum MqttError {
     #[error("mqtt.url: {0}")]
     Url(String),
+    #[error("mqtt.ca_file {path}: {reason}")]
+    CaFile { path: std::path::PathBuf, reason: String },
 }
 
 pub fn availability_topic(role: &str) -> String {
@@ -69,7 +72,8 @@ pub fn client_options(
         };
         MqttOptions::new(client_id, host, listen.port())
     } else {
-        external_options(&config.mqtt.url, client_id)?
+        let tls = config.mqtt.ca_file.as_deref().map(private_ca).transpose()?;
+        external_options(&config.mqtt.url, client_id, tls)?
     };
     options.set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_secs));
     let payload_limit = config.broker.max_payload_bytes.saturating_add(1024);
@@ -86,15 +90,32 @@ pub fn client_options(
     Ok(options)
 }
 
-fn external_options(url: &str, client_id: String) -> Result<MqttOptions, MqttError> {
+/// TLS that trusts only the authorities in `path` (a private CA, a self-signed broker).
+fn private_ca(path: &std::path::Path) -> Result<TlsConfiguration, MqttError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let fail = |reason: String| MqttError::CaFile { path: path.to_owned(), reason };
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(path).map_err(|err| fail(err.to_string()))? {
+        roots.add(certificate.map_err(|err| fail(err.to_string()))?).map_err(|err| fail(err.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("holds no PEM certificate".into()));
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(std::sync::Arc::new(config)))
+}
+
+fn external_options(url: &str, client_id: String, tls: Option<TlsConfiguration>) -> Result<MqttOptions, MqttError> {
     let parsed = url::Url::parse(url).map_err(|err| MqttError::Url(err.to_string()))?;
     let host = parsed.host_str().ok_or_else(|| MqttError::Url("no host".into()))?.trim_matches(['[', ']']).to_owned();
-    let (transport, default_port) = match parsed.scheme() {
-        "mqtt" => (Transport::Tcp, 1883),
-        "mqtts" => (Transport::tls_with_default_config(), 8883),
-        "ws" => (Transport::Ws, 80),
-        "wss" => (Transport::wss_with_default_config(), 443),
-        other => return Err(MqttError::Url(format!("unsupported scheme {other}"))),
+    let (transport, default_port) = match (parsed.scheme(), tls) {
+        ("mqtt", _) => (Transport::Tcp, 1883),
+        ("mqtts", Some(tls)) => (Transport::tls_with_config(tls), 8883),
+        ("mqtts", None) => (Transport::tls_with_default_config(), 8883),
+        ("ws", _) => (Transport::Ws, 80),
+        ("wss", Some(tls)) => (Transport::wss_with_config(tls), 443),
+        ("wss", None) => (Transport::wss_with_default_config(), 443),
+        (other, _) => return Err(MqttError::Url(format!("unsupported scheme {other}"))),
     };
     let port = parsed.port().unwrap_or(default_port);
     // rumqttc wants the whole URL as the host of a WebSocket connection.
@@ -416,9 +437,9 @@ mod tests {
         for (url, port) in
             [("mqtt://h", 1883), ("mqtts://h", 8883), ("mqtt://h:2000", 2000), ("mqtt://[::1]:2001", 2001)]
         {
-            let options = external_options(url, "id".into()).unwrap();
+            let options = external_options(url, "id".into(), None).unwrap();
             assert_eq!(options.broker_address().1, port, "{url}");
         }
-        assert_eq!(external_options("mqtt://[::1]:2001", "id".into()).unwrap().broker_address().0, "::1");
+        assert_eq!(external_options("mqtt://[::1]:2001", "id".into(), None).unwrap().broker_address().0, "::1");
     }
 }

@@ -134,3 +134,95 @@ async fn connections_beyond_the_limit_are_refused() {
     })
     .await;
 }
+
+/// An MQTT 3.1.1 client over TLS (mqtts, or wss when `websocket`) that trusts `ca`.
+async fn connect_tls(
+    port: u16,
+    client_id: &str,
+    ca: &common::certs::TestCa,
+    websocket: bool,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), String> {
+    let mut options = if websocket {
+        let mut options = MqttOptions::new(client_id, format!("wss://127.0.0.1:{port}/mqtt"), port);
+        options.set_transport(Transport::wss_with_config(ca.client_tls()));
+        options
+    } else {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_transport(Transport::tls_with_config(ca.client_tls()));
+        options
+    };
+    options.set_keep_alive(Duration::from_secs(5));
+    common::connect_with(options).await
+}
+
+#[tokio::test]
+async fn tls_and_wss_listeners_serve_a_certificate_renewed_on_disk_without_a_restart() {
+    use common::certs::TestCa;
+    let (first_ca, renewed_ca) = (TestCa::new("first-ca"), TestCa::new("renewed-ca"));
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.path().join("broker.pem"), files.path().join("broker.key"));
+    first_ca.issue_server(&cert, &key);
+    let (tls_port, wss_port) = (common::free_port(), common::free_port());
+    let broker = format!(
+        "tls_listen = \"127.0.0.1:{tls_port}\"\nwss_listen = \"127.0.0.1:{wss_port}\"\n\
+         tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nconnect_timeout_ms = 1000\n",
+        cert.display(),
+        key.display()
+    );
+    let daemon = Daemon::start("broker", &broker, "");
+    daemon.wait_broker().await;
+    let (client, eventloop) = connect(daemon.mqtt_port, "plain-sub", None).await.unwrap();
+    let mut messages = subscriber(client, eventloop, "bus/#").await;
+
+    for (port, websocket, topic) in [(tls_port, false, "bus/mqtts"), (wss_port, true, "bus/wss")] {
+        let client_id = topic.replace('/', "-");
+        let (client, mut eventloop) = connect_tls(port, &client_id, &first_ca, websocket).await.expect(topic);
+        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        client.publish(topic, QoS::AtLeastOnce, false, "over TLS").await.unwrap();
+        expect_message(&mut messages, topic, "over TLS").await;
+    }
+
+    // MQTT 5 over TLS goes to the MQTT 5 side, as on the plain port.
+    let mut v5_options = rumqttc::v5::MqttOptions::new("v5-tls", "127.0.0.1", tls_port);
+    v5_options.set_transport(Transport::tls_with_config(first_ca.client_tls()));
+    let (v5, mut v5_loop) = rumqttc::v5::AsyncClient::new(v5_options, 8);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !matches!(
+            v5_loop.poll().await.expect("v5 over TLS"),
+            rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_))
+        ) {}
+    })
+    .await
+    .expect("v5 CONNACK over TLS");
+    tokio::spawn(async move { while v5_loop.poll().await.is_ok() {} });
+    v5.publish("bus/v5-tls", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "v5 over TLS").await.unwrap();
+    expect_message(&mut messages, "bus/v5-tls", "v5 over TLS").await;
+
+    // A client that trusts another authority is refused.
+    assert!(connect_tls(tls_port, "untrusting", &renewed_ca, false).await.is_err());
+
+    // A renewal replaces the files: the next connection gets the new certificate.
+    renewed_ca.issue_server(&cert, &key);
+    for websocket in [false, true] {
+        let port = if websocket { wss_port } else { tls_port };
+        connect_tls(port, "after-renewal", &renewed_ca, websocket).await.expect("the renewed certificate");
+    }
+    assert!(connect_tls(tls_port, "old-trust", &first_ca, false).await.is_err(), "the old certificate stayed");
+
+    // A broken renewal is logged and the certificate in use stays.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    connect_tls(tls_port, "after-bad-renewal", &renewed_ca, false).await.expect("the previous certificate");
+    common::wait_for(Duration::from_secs(5), "the bad file to be logged", || {
+        daemon.log().contains("the previous one stays in use").then_some(())
+    })
+    .await;
+
+    // A connection that never starts its handshake is closed after the connect timeout.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut silent, &mut byte))
+        .await
+        .expect("a silent TLS connection held open past the connect timeout");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+    assert!(!daemon.log().contains("PRIVATE KEY"));
+}

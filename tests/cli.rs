@@ -278,3 +278,39 @@ fn a_taken_metrics_port_is_a_startup_error_naming_the_key() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
     assert!(text(&output.stderr).contains("metrics.listen"), "{}", text(&output.stderr));
 }
+
+#[test]
+fn an_unusable_tls_certificate_or_ca_file_is_a_startup_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let key_only = dir.path().join("key-only.pem");
+    std::fs::write(&key_only, "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n-----END PRIVATE KEY-----\n").unwrap();
+    let broker = format!(
+        "[broker]\nlisten = \"127.0.0.1:{}\"\nws_listen = \"127.0.0.1:{}\"\ntls_listen = \"127.0.0.1:{}\"\n[store]\ndir = \"{}\"\n",
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+        dir.path().join("data").display()
+    );
+    for (files, key) in [
+        (format!("tls_cert_file = \"{0}\"\ntls_key_file = \"{0}\"\n", missing.display()), "broker.tls_cert_file"),
+        (format!("tls_cert_file = \"{0}\"\ntls_key_file = \"{0}\"\n", key_only.display()), "broker.tls_cert_file"),
+    ] {
+        let file = config_file(&broker.replacen("[store]", &format!("{files}[store]"), 1));
+        let config = file.path().to_str().unwrap();
+        for command in ["check-config", "run"] {
+            let output = smarthomed(&[command, "-c", config]);
+            assert_eq!(output.status.code(), Some(2), "{command}: {}", text(&output.stderr));
+            let error = text(&output.stderr);
+            assert!(error.contains(key), "{command}: {key} not in {error}");
+            assert!(!error.contains("not base64 at all"), "{command} showed the key file: {error}");
+        }
+    }
+    let external = config_file(&format!(
+        "[broker]\nembedded = false\n[mqtt]\nurl = \"mqtts://127.0.0.1:8883\"\nca_file = \"{}\"\n",
+        missing.display()
+    ));
+    let output = smarthomed(&["check-config", "-c", external.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("mqtt.ca_file"), "{}", text(&output.stderr));
+}

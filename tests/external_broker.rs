@@ -79,3 +79,28 @@ async fn losing_the_external_broker_is_alerted_and_so_is_the_reconnect() {
     let children = daemon.children();
     assert!(children.contains_key("processor") && children.contains_key("syncer"));
 }
+
+#[tokio::test]
+async fn an_external_broker_over_tls_is_trusted_through_mqtt_ca_file() {
+    let ca = common::certs::TestCa::new("home-ca");
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.path().join("mosquitto.pem"), files.path().join("mosquitto.key"));
+    ca.issue_server(&cert, &key);
+    let mosquitto = Mosquitto::start_with_tls(&cert, &key).await;
+    let slack = SlackServer::start().await;
+    let tls_port = mosquitto.tls_port.expect("TLS listener");
+    let config = external_config(&mosquitto, &slack).replace(
+        &format!("url = \"mqtt://127.0.0.1:{}\"", mosquitto.port),
+        &format!("url = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{}\"", ca.pem().display()),
+    );
+    assert!(config.contains("mqtts://"), "{config}");
+    let _daemon = Daemon::start_with_keys("run", "embedded = false\n", &config, &[("mqtt_password", PASSWORD)]);
+
+    let (client, eventloop) = connect(mosquitto.port, "watcher", Some((USER, PASSWORD))).await.unwrap();
+    let mut availability = subscriber(client, eventloop, "smarthomed/+/availability").await;
+    expect_messages(
+        &mut availability,
+        &[("smarthomed/processor/availability", "online"), ("smarthomed/syncer/availability", "online")],
+    )
+    .await;
+}

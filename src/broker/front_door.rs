@@ -5,18 +5,22 @@
 //! a taken port is a startup error), reads the first bytes of each connection to learn
 //! the protocol level from its CONNECT packet, and splices the connection to rumqttd's
 //! internal loopback listener for that version. It also enforces the connection limit
-//! before a connection costs the router anything.
+//! before a connection costs the router anything, and terminates TLS for the
+//! `tls_listen` and `wss_listen` doors, so rumqttd only ever sees plain loopback
+//! connections and the certificate can change without a restart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
+
+use super::certificates::Certificates;
 
 /// The longest prefix needed: fixed header (1), remaining length (up to 4), protocol
 /// name length (2), "MQIsdp" (6), protocol level (1).
@@ -91,7 +95,10 @@ pub struct FrontDoor {
     pub listener: TcpListener,
     pub route: Route,
     pub connections: Arc<Semaphore>,
+    /// Both the TLS handshake and the CONNECT must arrive within this.
     pub sniff_timeout: Duration,
+    /// Terminate TLS with these before routing.
+    pub tls: Option<Arc<Certificates>>,
 }
 
 impl FrontDoor {
@@ -117,6 +124,7 @@ impl FrontDoor {
             let route = self.route;
             let sniff_timeout = self.sniff_timeout;
             let name = self.name;
+            let tls = self.tls.as_ref().map(|certificates| certificates.acceptor());
             let shutdown = shutdown.clone();
             metrics::counter!("smarthomed_broker_connections_total", "listener" => name).increment(1);
             let open = metrics::gauge!("smarthomed_broker_connections", "listener" => name);
@@ -126,7 +134,7 @@ impl FrontDoor {
                 let _counted = OpenConnection(open);
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    result = splice(stream, route, sniff_timeout) => {
+                    result = accept(stream, tls, route, sniff_timeout) => {
                         if let Err(err) = result {
                             debug!(listener = name, %peer, "connection ended: {err}");
                         }
@@ -152,12 +160,35 @@ enum SpliceError {
     Io(#[from] std::io::Error),
     #[error("no CONNECT within the connect timeout")]
     Timeout,
+    #[error("no TLS handshake within the connect timeout")]
+    HandshakeTimeout,
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
     #[error(transparent)]
     Sniff(#[from] SniffError),
 }
 
-async fn splice(mut client: TcpStream, route: Route, sniff_timeout: Duration) -> Result<(), SpliceError> {
+async fn accept(
+    client: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    route: Route,
+    sniff_timeout: Duration,
+) -> Result<(), SpliceError> {
     client.set_nodelay(true)?;
+    let Some(acceptor) = tls else {
+        return splice(client, route, sniff_timeout).await;
+    };
+    let client = tokio::time::timeout(sniff_timeout, acceptor.accept(client))
+        .await
+        .map_err(|_| SpliceError::HandshakeTimeout)?
+        .map_err(SpliceError::Handshake)?;
+    splice(client, route, sniff_timeout).await
+}
+
+async fn splice<S>(mut client: S, route: Route, sniff_timeout: Duration) -> Result<(), SpliceError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (backend_addr, prefix) = match route {
         Route::Fixed(addr) => (addr, Vec::new()),
         Route::ByVersion { v4, v5 } => {
@@ -170,7 +201,7 @@ async fn splice(mut client: TcpStream, route: Route, sniff_timeout: Duration) ->
     let mut backend = TcpStream::connect(backend_addr).await?;
     backend.set_nodelay(true)?;
     backend.write_all(&prefix).await?;
-    let (mut client_in, mut client_out) = client.into_split();
+    let (mut client_in, mut client_out) = tokio::io::split(client);
     let (backend_in, mut backend_out) = backend.into_split();
     let requests = async {
         tokio::io::copy(&mut client_in, &mut backend_out).await?;
@@ -185,7 +216,7 @@ async fn splice(mut client: TcpStream, route: Route, sniff_timeout: Duration) ->
 /// after an acknowledgement) would wait for our delayed ACK: 40 ms per message.
 async fn forward_replies(
     mut from: tokio::net::tcp::OwnedReadHalf,
-    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    to: &mut (impl AsyncWrite + Unpin),
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -195,10 +226,12 @@ async fn forward_replies(
         }
         let _ = socket2::SockRef::from(from.as_ref()).set_tcp_quickack(true);
         to.write_all(&buf[..read]).await?;
+        // A TLS stream holds what it encrypted until flushed.
+        to.flush().await?;
     }
 }
 
-async fn read_level(client: &mut TcpStream) -> Result<(u8, Vec<u8>), SpliceError> {
+async fn read_level(client: &mut (impl AsyncRead + Unpin)) -> Result<(u8, Vec<u8>), SpliceError> {
     let mut prefix = Vec::with_capacity(MAX_SNIFF_BYTES);
     let mut buf = [0u8; MAX_SNIFF_BYTES];
     loop {

@@ -6,6 +6,7 @@
 //! hashes); the daemon's own processes log in as [`INTERNAL_MQTT_USER`] with a
 //! password the supervisor makes up at each start and hands to its children.
 
+pub mod certificates;
 pub mod front_door;
 pub mod password;
 
@@ -34,6 +35,8 @@ pub enum BrokerError {
     RouterStart(Duration),
     #[error("the MQTT router stopped: {0}")]
     RouterStopped(String),
+    #[error(transparent)]
+    Certificates(#[from] certificates::CertificateError),
 }
 
 /// The accounts of `broker.users` by name, replaced whole when the config is reloaded.
@@ -67,6 +70,16 @@ pub async fn run(
 ) -> Result<(), BrokerError> {
     let tcp = bind(config.listen, "broker.listen").await?;
     let ws = bind(config.ws_listen, "broker.ws_listen").await?;
+    let tls = match config.tls_listen {
+        Some(addr) => Some(bind(addr, "broker.tls_listen").await?),
+        None => None,
+    };
+    let wss = match config.wss_listen {
+        Some(addr) => Some(bind(addr, "broker.wss_listen").await?),
+        None => None,
+    };
+    let certificates =
+        if certificates::wanted(config) { Some(Arc::new(certificates::Certificates::load(config)?)) } else { None };
     let internal = InternalPorts::reserve()?;
 
     let accounts = Accounts::new(&config.users);
@@ -94,24 +107,29 @@ pub async fn run(
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let sniff_timeout = Duration::from_millis(u64::from(config.connect_timeout_ms));
     let tracker = TaskTracker::new();
-    for door in [
-        FrontDoor {
-            name: "mqtt",
-            listener: tcp,
-            route: Route::ByVersion { v4: internal.v4, v5: internal.v5 },
-            connections: connections.clone(),
-            sniff_timeout,
-        },
-        FrontDoor { name: "websocket", listener: ws, route: Route::Fixed(internal.ws), connections, sniff_timeout },
-    ] {
+    let by_version = Route::ByVersion { v4: internal.v4, v5: internal.v5 };
+    let door = |name, listener, route, tls: Option<&Arc<certificates::Certificates>>| FrontDoor {
+        name,
+        listener,
+        route,
+        connections: connections.clone(),
+        sniff_timeout,
+        tls: tls.cloned(),
+    };
+    let mut doors = vec![door("mqtt", tcp, by_version, None), door("websocket", ws, Route::Fixed(internal.ws), None)];
+    doors.extend(tls.map(|listener| door("mqtts", listener, by_version, certificates.as_ref())));
+    doors.extend(wss.map(|listener| door("wss", listener, Route::Fixed(internal.ws), certificates.as_ref())));
+    for door in doors {
         tracker.spawn(door.serve(tracker.clone(), shutdown.clone()));
     }
     tracker.close();
     info!(
         listen = %config.listen,
         ws_listen = %config.ws_listen,
+        tls_listen = ?config.tls_listen,
+        wss_listen = ?config.wss_listen,
         accounts = config.users.len(),
-        "broker accepting MQTT 3.1.1 and 5 (TCP) and MQTT 3.1.1 (WebSocket)"
+        "broker accepting MQTT 3.1.1 and 5 (TCP, TLS) and MQTT 3.1.1 (WebSocket)"
     );
 
     let result = loop {
@@ -119,6 +137,9 @@ pub async fn run(
             () = shutdown.cancelled() => break Ok(()),
             outcome = &mut router_done => break Err(router_stopped(outcome)),
             Ok(()) = reloads.changed() => {
+                if let Some(certificates) = &certificates {
+                    certificates.reload();
+                }
                 let users = reloads.borrow_and_update().broker.users.clone();
                 if users == users_now {
                     continue;

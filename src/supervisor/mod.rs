@@ -37,8 +37,8 @@ use systemd::Notifier;
 
 /// Exit code when a child hit its restart limit.
 pub const EXIT_RESTART_LIMIT: u8 = 3;
-/// Exit code when the store is lost, damaged or of another format: like a config that
-/// cannot be used, restarting will not help.
+/// Exit code when the store is lost, damaged or of another format, or a file the config
+/// names (the broker's certificate) cannot be used: restarting will not help.
 pub const EXIT_STORE: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,25 @@ enum Report {
     LimitHit(Role),
 }
 
+/// What must hold before any child starts, as the reason it does not.
+fn startup_check(config: &Config) -> Result<(), String> {
+    if config.store.backend == Backend::Embedded {
+        crate::store::embedded::check(&config.store.dir).map_err(|err| format!("the store cannot be used: {err}"))?;
+    }
+    check_named_files(config)
+}
+
+/// Reads the files the config names for TLS (the broker's certificate and key, the
+/// external broker's CA) as the children will; for the start and `check-config`.
+pub fn check_named_files(config: &Config) -> Result<(), String> {
+    if config.broker.embedded {
+        crate::broker::certificates::check(&config.broker)
+            .map_err(|err| format!("the broker's TLS certificate cannot be used: {err}"))?;
+    }
+    crate::mqtt::client_options(config, "check", None).map_err(|err| err.to_string())?;
+    Ok(())
+}
+
 /// Runs the daemon until a signal or a restart limit; returns the process exit code.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCode, SupervisorError> {
     let notifier = Notifier::from_env();
@@ -77,12 +96,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
     let (new_destinations, destinations) = mpsc::channel(1);
     tasks.spawn(alert::slack::run(destination, destinations, alert_queue, coalescer, alerts_stop.clone()));
 
-    // A lost or damaged store stops the daemon before any child could start on it.
-    if config.store.backend == Backend::Embedded
-        && let Err(err) = crate::store::embedded::check(&config.store.dir)
-    {
-        error!("the store cannot be used: {err}");
-        alerter.raise(Alert::new("supervisor", "smarthomed cannot start: the store cannot be used", err.to_string()));
+    // A lost or damaged store, or a certificate the broker cannot use, stops the daemon
+    // before any child could start on it (a child would only crash-loop).
+    if let Err(why) = startup_check(&config) {
+        error!("{why}");
+        alerter.raise(Alert::new("supervisor", "smarthomed cannot start", why));
         alerts_stop.cancel();
         tasks.close();
         tasks.wait().await;

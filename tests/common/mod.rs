@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod certs;
 pub mod firebase;
 pub mod firestore_emulator;
 pub mod google_token;

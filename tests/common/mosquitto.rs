@@ -12,12 +12,24 @@ pub const PASSWORD: &str = "mosquitto-test-password";
 
 pub struct Mosquitto {
     pub port: u16,
+    /// A second listener with TLS, when started with a certificate.
+    pub tls_port: Option<u16>,
+    tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
     dir: TempDir,
     child: Option<Child>,
 }
 
 impl Mosquitto {
     pub async fn start() -> Self {
+        Self::start_inner(None).await
+    }
+
+    /// As [`Mosquitto::start`], with a TLS listener too, serving `cert` and `key`.
+    pub async fn start_with_tls(cert: &Path, key: &Path) -> Self {
+        Self::start_inner(Some((cert.to_owned(), key.to_owned()))).await
+    }
+
+    async fn start_inner(tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let passwd = dir.path().join("passwd");
         let made = Command::new("mosquitto_passwd")
@@ -27,7 +39,8 @@ impl Mosquitto {
             .status()
             .unwrap_or_else(|err| panic!("{}", missing(&err.to_string())));
         assert!(made.success(), "mosquitto_passwd failed");
-        let mut broker = Self { port: super::free_port(), dir, child: None };
+        let tls_port = tls_files.as_ref().map(|_| super::free_port());
+        let mut broker = Self { port: super::free_port(), tls_port, tls_files, dir, child: None };
         broker.restart().await;
         broker
     }
@@ -35,15 +48,15 @@ impl Mosquitto {
     /// (Re)starts the broker on the same port.
     pub async fn restart(&mut self) {
         let config = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\nuser root\nlog_dest stderr\n",
-                self.port,
-                self.dir.path().join("passwd").display()
-            ),
-        )
-        .expect("write mosquitto.conf");
+        let mut text = format!(
+            "listener {} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\nuser root\nlog_dest stderr\n",
+            self.port,
+            self.dir.path().join("passwd").display()
+        );
+        if let (Some(port), Some((cert, key))) = (self.tls_port, &self.tls_files) {
+            text += &format!("listener {port} 127.0.0.1\ncertfile {}\nkeyfile {}\n", cert.display(), key.display());
+        }
+        std::fs::write(&config, text).expect("write mosquitto.conf");
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log");
         let child = Command::new("mosquitto")
             .arg("-c")
