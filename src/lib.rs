@@ -18,6 +18,7 @@ pub mod panic_exit;
 pub mod processor;
 pub mod protocol;
 pub mod schedule;
+pub mod status_command;
 pub mod store;
 pub mod supervisor;
 pub mod syncer;

@@ -41,6 +41,9 @@ enum Command {
     Syncer(ConfigArg),
     /// Validate a config and print the effective one, secrets redacted.
     CheckConfig(ConfigArg),
+    /// Show the running daemon: its processes, the broker's clients, the newest alarms
+    /// and the schedules due next.
+    Status(ConfigArg),
     /// Read a password from standard input and print its hash for [[broker.users]].
     HashPassword,
     /// Check or reset the embedded store (store.dir).
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
         | Command::Processor(args)
         | Command::Syncer(args)
         | Command::CheckConfig(args)
+        | Command::Status(args)
         | Command::Store(StoreCommand::Check(args) | StoreCommand::Reset(args)) => args,
         Command::Store(StoreCommand::Backup(args) | StoreCommand::Restore(args)) => &args.config,
     };
@@ -147,7 +151,9 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => match current_thread().map(|rt| rt.block_on(supervisor::run(config, args.config))) {
             Ok(Ok(code)) => code,
-            Ok(Err(err @ supervisor::SupervisorError::MetricsListen { .. })) => {
+            Ok(Err(
+                err @ (supervisor::SupervisorError::MetricsListen { .. } | supervisor::SupervisorError::Status(_)),
+            )) => {
                 let _ = writeln!(LossyStderr, "error: {err}");
                 ExitCode::from(EXIT_CONFIG)
             }
@@ -177,6 +183,11 @@ fn main() -> ExitCode {
             }))
         })),
         Command::Store(command) => report(store_command(command, &config)),
+        Command::Status(_) => report(current_thread().and_then(|rt| {
+            let text = rt.block_on(smarthomed::status_command::report(&config, chrono::Utc::now()))?;
+            print!("{text}");
+            Ok(())
+        })),
         Command::HashPassword | Command::User(_) => unreachable!("handled before loading the config"),
     }
 }
@@ -193,8 +204,9 @@ where
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    // Collected only when the supervisor serves them.
-    let metrics = config.metrics.listen_addr().and_then(|_| smarthomed::telemetry::install());
+    // Always collected: the supervisor serves them when `[metrics] listen` is set, and
+    // `smarthomed status` reads the broker's clients from them.
+    let metrics = smarthomed::telemetry::install();
     let (reload, reloads) = tokio::sync::watch::channel(std::sync::Arc::new(config));
     let signalled = shutdown.clone();
     tasks.spawn(async move {

@@ -18,6 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,18 +33,45 @@ pub fn install() -> Option<PrometheusHandle> {
     PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS).ok()?.install_recorder().ok()
 }
 
+/// What the supervisor knows, as `smarthomed status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub up_secs: u64,
+    pub children: Vec<ChildStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildStatus {
+    pub role: String,
+    /// Absent while the child is down (between a crash and its restart).
+    pub pid: Option<u32>,
+    pub up_secs: Option<u64>,
+    pub last_heartbeat_ms_ago: Option<u64>,
+    /// Restarts since the daemon started.
+    pub restarts: u32,
+    /// For the broker: the clients connected now, on all listeners.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub clients: Option<u64>,
+}
+
 /// What the supervisor knows of each running child.
-#[derive(Default)]
 struct ChildReport {
+    pid: u32,
+    since: Instant,
     last_heartbeat: Option<Instant>,
     metrics: String,
 }
 
-/// The children's reports, shared by the supervisor's control readers and the endpoint.
+/// The children's reports, shared by the supervisor's control readers, the endpoint and
+/// the status socket.
 #[derive(Clone, Default)]
 pub struct Children {
     reports: Arc<Mutex<BTreeMap<&'static str, ChildReport>>>,
     expected: Arc<Mutex<Vec<&'static str>>>,
+    /// Starts of each role so far; all but the first are restarts.
+    starts: Arc<Mutex<BTreeMap<&'static str, u32>>>,
 }
 
 impl Children {
@@ -52,8 +80,10 @@ impl Children {
         *self.expected.lock().unwrap_or_else(PoisonError::into_inner) = roles;
     }
 
-    pub fn started(&self, role: &'static str) {
-        self.reports.lock().unwrap_or_else(PoisonError::into_inner).insert(role, ChildReport::default());
+    pub fn started(&self, role: &'static str, pid: u32) {
+        let report = ChildReport { pid, since: Instant::now(), last_heartbeat: None, metrics: String::new() };
+        self.reports.lock().unwrap_or_else(PoisonError::into_inner).insert(role, report);
+        *self.starts.lock().unwrap_or_else(PoisonError::into_inner).entry(role).or_default() += 1;
     }
 
     pub fn stopped(&self, role: &'static str) {
@@ -86,10 +116,48 @@ impl Children {
             .collect()
     }
 
+    /// Each expected child as `smarthomed status` shows it.
+    pub fn status(&self) -> Vec<ChildStatus> {
+        let reports = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
+        let expected = self.expected.lock().unwrap_or_else(PoisonError::into_inner);
+        let starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
+        let millis = |elapsed: Duration| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        expected
+            .iter()
+            .map(|role| {
+                let report = reports.get(role);
+                ChildStatus {
+                    role: (*role).to_owned(),
+                    pid: report.map(|report| report.pid),
+                    up_secs: report.map(|report| report.since.elapsed().as_secs()),
+                    last_heartbeat_ms_ago: report
+                        .and_then(|report| report.last_heartbeat)
+                        .map(|at| millis(at.elapsed())),
+                    restarts: starts.get(role).map_or(0, |starts| starts.saturating_sub(1)),
+                    clients: report.and_then(|report| gauge_total(&report.metrics, BROKER_CONNECTIONS)),
+                }
+            })
+            .collect()
+    }
+
     fn metrics(&self) -> String {
         let reports = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
         reports.values().map(|report| report.metrics.as_str()).collect()
     }
+}
+
+/// The broker's gauge of open client connections, one series per listener.
+pub const BROKER_CONNECTIONS: &str = "smarthomed_broker_connections";
+
+/// The sum of a metric's series in a Prometheus text rendering; None when absent.
+fn gauge_total(text: &str, name: &str) -> Option<u64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    // Gauges are whole connections; a negative sum would be a bug, shown as 0.
+    (!values.is_empty()).then(|| values.iter().sum::<f64>().max(0.0).round() as u64)
 }
 
 #[derive(Clone)]
@@ -148,10 +216,10 @@ mod tests {
     fn healthy_only_while_every_expected_child_heartbeats() {
         let children = Children::default();
         children.expect(vec!["broker", "processor"]);
-        children.started("broker");
+        children.started("broker", 11);
         children.heartbeat("broker", Some("smarthomed_broker_connections 1\n".into()));
         assert_eq!(children.health(Duration::from_secs(10)), [("broker", true), ("processor", false)]);
-        children.started("processor");
+        children.started("processor", 12);
         assert_eq!(children.health(Duration::from_secs(10)), [("broker", true), ("processor", false)]);
         children.heartbeat("processor", None);
         assert_eq!(children.health(Duration::from_secs(10)), [("broker", true), ("processor", true)]);
@@ -159,5 +227,29 @@ mod tests {
         children.stopped("broker");
         assert_eq!(children.health(Duration::from_secs(10))[0], ("broker", false));
         assert_eq!(children.metrics(), "");
+    }
+
+    #[test]
+    fn status_counts_restarts_and_the_brokers_clients_on_every_listener() {
+        let children = Children::default();
+        children.expect(vec!["broker", "processor"]);
+        children.started("broker", 11);
+        children.heartbeat(
+            "broker",
+            Some(
+                "# TYPE smarthomed_broker_connections gauge\nsmarthomed_broker_connections{listener=\"mqtt\"} 3\n\
+                 smarthomed_broker_connections{listener=\"websocket\"} 2\nsmarthomed_broker_connections_total 9\n"
+                    .into(),
+            ),
+        );
+        children.started("processor", 12);
+        children.stopped("processor");
+        children.started("processor", 13);
+        let status = children.status();
+        assert_eq!((status[0].pid, status[0].restarts, status[0].clients), (Some(11), 0, Some(5)));
+        assert!(status[0].last_heartbeat_ms_ago.is_some());
+        assert_eq!((status[1].pid, status[1].restarts, status[1].clients), (Some(13), 1, None));
+        children.stopped("processor");
+        assert_eq!((children.status()[1].pid, children.status()[1].up_secs), (None, None));
     }
 }

@@ -167,7 +167,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     assert!(probe.status.success());
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("smarthomed.service");
-    std::fs::write(&unit, UNIT.replace("/usr/local/bin/smarthomed", BIN)).unwrap();
+    std::fs::write(&unit, UNIT.replace("/usr/bin/smarthomed", BIN)).unwrap();
     let output = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
     let complaints = format!("{}{}", text(&output.stdout), text(&output.stderr));
     assert!(output.status.success() && complaints.trim().is_empty(), "{complaints}");
@@ -313,4 +313,14 @@ fn an_unusable_tls_certificate_or_ca_file_is_a_startup_error_naming_the_key() {
     let output = smarthomed(&["check-config", "-c", external.path().to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("mqtt.ca_file"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn status_without_a_running_daemon_says_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(&format!("[store]\ndir = \"{}\"\n", dir.path().join("data").display()));
+    let output = smarthomed(&["status", "-c", file.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let error = text(&output.stderr);
+    assert!(error.contains("not running") && error.contains("smarthomed.sock"), "{error}");
 }

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::Utc;
-use common::app::{
-    android_schedule, control_at, listen, next_json, next_schedulable_minute, publisher, send, wait_processor,
-};
+use common::app::{ShiftedClock, android_schedule, listen, next_json, publisher, send, wait_processor};
 use common::firebase::Firebase;
 use common::proxy::CuttableProxy;
 use common::slack::SlackServer;
@@ -23,10 +21,15 @@ use serde_json::json;
 const ROLES: [&str; 3] = ["broker", "processor", "syncer"];
 
 async fn start(firebase: &Firebase, extra: &str) -> Daemon {
-    let daemon = Daemon::start(
+    start_on(firebase, extra, &[]).await
+}
+
+async fn start_on(firebase: &Firebase, extra: &str, env: &[(&str, &str)]) -> Daemon {
+    let daemon = Daemon::start_with_env(
         "run",
         "",
         &format!("{}{FAST_SUPERVISOR}[schedule]\ntimezone = \"UTC\"\n{extra}", firebase.config()),
+        env,
     );
     daemon.wait_children(&ROLES).await;
     daemon.wait_broker().await;
@@ -72,7 +75,9 @@ async fn a_user_written_by_another_firestore_client_signs_in() {
 #[tokio::test]
 async fn a_schedule_written_by_the_android_app_fires_and_alarms_land_in_firestore() {
     let firebase = Firebase::start().await;
-    let daemon = start(&firebase, "").await;
+    let clock = ShiftedClock::minute_in(Duration::from_secs(10));
+    let (offset_var, offset) = clock.env();
+    let daemon = start_on(&firebase, "", &[(offset_var, &offset)]).await;
     let mut replies = listen(&daemon, "app", "webos/android/+").await;
     let mut appliance = listen(&daemon, "PSW_Arduino", "webos/smarthome/info").await;
     let mut state = listen(&daemon, "state-watcher", "smarthomed/appliance/state").await;
@@ -82,12 +87,12 @@ async fn a_schedule_written_by_the_android_app_fires_and_alarms_land_in_firestor
     expect_message(&mut state, "smarthomed/appliance/state", "000000000").await;
 
     // As the Android app writes it: the document id is the title.
-    let at = next_schedulable_minute();
+    let at = clock.next_schedulable_minute();
     let schedule = android_schedule("아침", &at.format("%H%M").to_string(), &at.format("%Y.%m.%d").to_string());
     firebase.write("schedule_mode", "아침", &schedule).await;
 
-    assert_eq!(control_at(&mut appliance, at).await, "015200012");
-    assert!(Utc::now() >= at, "ran before its time");
+    assert_eq!(clock.control_at(&mut appliance, at).await, "015200012");
+    assert!(clock.now() >= at, "ran before its time");
     wait_for_async(Duration::from_secs(10), "the one-off schedule to be deleted", || async {
         firebase.list("schedule_mode").await.is_empty().then_some(())
     })
@@ -208,7 +213,9 @@ async fn the_processor_waits_for_an_unreachable_firestore_and_alerts_once() {
         slack.texts_containing("cannot connect to Firestore").first().cloned()
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Attempts go on after the alert; none of them alerts again.
+    let refused = route.refused();
+    wait_for(Duration::from_secs(15), "two more attempts", || (route.refused() >= refused + 2).then_some(())).await;
     assert_eq!(slack.texts_containing("cannot connect to Firestore").len(), 1, "alerted once per outage");
     let processor = daemon.children()["processor"];
 

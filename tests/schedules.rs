@@ -6,25 +6,31 @@ mod common;
 use std::time::Duration;
 
 use chrono::{Timelike, Utc};
-use common::app::{
-    android_schedule, control_at, listen, next_json, next_schedulable_minute, publisher, send, wait_processor,
-};
+use common::app::{ShiftedClock, android_schedule, listen, next_json, publisher, send, wait_processor};
 use common::slack::SlackServer;
 use common::{Daemon, FAST_SUPERVISOR, expect_message};
 use serde_json::json;
 use smarthomed::store::DocumentStore;
 use smarthomed::store::embedded::EmbeddedDocuments;
 
-async fn start() -> Daemon {
-    let daemon = Daemon::start("run", "", &format!("{FAST_SUPERVISOR}[schedule]\ntimezone = \"UTC\"\n"));
+/// A daemon whose schedule clock reaches a whole minute 10 s after the start.
+async fn start() -> (Daemon, ShiftedClock) {
+    let clock = ShiftedClock::minute_in(Duration::from_secs(10));
+    let (offset_var, offset) = clock.env();
+    let daemon = Daemon::start_with_env(
+        "run",
+        "",
+        &format!("{FAST_SUPERVISOR}[schedule]\ntimezone = \"UTC\"\n"),
+        &[(offset_var, &offset)],
+    );
     daemon.wait_children(&["broker", "processor", "syncer"]).await;
     daemon.wait_broker().await;
-    daemon
+    (daemon, clock)
 }
 
 #[tokio::test]
 async fn a_one_off_schedule_for_the_next_minute_runs_once_and_is_deleted() {
-    let daemon = start().await;
+    let (daemon, clock) = start().await;
     let mut replies = listen(&daemon, "app", "webos/android/+").await;
     let mut appliance = listen(&daemon, "PSW_Arduino", "webos/smarthome/info").await;
     let mut state = listen(&daemon, "state-watcher", "smarthomed/appliance/state").await;
@@ -34,7 +40,7 @@ async fn a_one_off_schedule_for_the_next_minute_runs_once_and_is_deleted() {
     expect_message(&mut state, "smarthomed/appliance/state", "000000000").await;
 
     // At least 15 s ahead, so the schedule is stored before its minute begins.
-    let at = next_schedulable_minute();
+    let at = clock.next_schedulable_minute();
     let document = android_schedule("test-once", &at.format("%H%M").to_string(), &at.format("%Y.%m.%d").to_string());
     send(
         &app,
@@ -47,8 +53,8 @@ async fn a_one_off_schedule_for_the_next_minute_runs_once_and_is_deleted() {
     assert_eq!(added["schedule"], document);
 
     // Aircon on at 5 and window open; the light and the gas valve are already off.
-    assert_eq!(control_at(&mut appliance, at).await, "015200012");
-    assert!(Utc::now() >= at, "ran before its time");
+    assert_eq!(clock.control_at(&mut appliance, at).await, "015200012");
+    assert!(clock.now() >= at, "ran before its time");
     assert!(tokio::time::timeout(Duration::from_secs(3), appliance.recv()).await.is_err(), "the schedule ran twice");
 
     send(&app, "webos/server/info", r#"{"Producer":"android","command":"schedule_list"}"#).await;
@@ -59,7 +65,7 @@ async fn a_one_off_schedule_for_the_next_minute_runs_once_and_is_deleted() {
 
 #[tokio::test]
 async fn schedules_and_modes_are_edited_over_mqtt() {
-    let daemon = start().await;
+    let (daemon, _clock) = start().await;
     let mut replies = listen(&daemon, "app", "webos/car/+").await;
     let app = publisher(&daemon, "app-pub").await;
     let probe = r#"{"Producer":"car","command":"schedule_list"}"#;
@@ -191,13 +197,13 @@ async fn runs_missed_while_down_are_caught_up_within_grace_and_reported_beyond_i
 
 #[tokio::test]
 async fn a_run_is_not_repeated_when_the_processor_restarts_right_after_it() {
-    let daemon = start().await;
+    let (daemon, clock) = start().await;
     let mut replies = listen(&daemon, "app", "webos/android/+").await;
     let mut appliance = listen(&daemon, "PSW_Arduino", "webos/smarthome/info").await;
     let app = publisher(&daemon, "app-pub").await;
     wait_processor(&app, &mut replies).await;
 
-    let at = next_schedulable_minute();
+    let at = clock.next_schedulable_minute();
     let document = serde_json::Value::Object(daily("every-day", at, 0));
     send(
         &app,
@@ -206,7 +212,7 @@ async fn a_run_is_not_repeated_when_the_processor_restarts_right_after_it() {
     )
     .await;
     assert_eq!(next_json(&mut replies, "webos/android/info").await["command"], "schedule_added");
-    control_at(&mut appliance, at).await;
+    clock.control_at(&mut appliance, at).await;
 
     let processor = daemon.children()["processor"];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(processor as i32), nix::sys::signal::Signal::SIGKILL).unwrap();

@@ -519,8 +519,12 @@ mod firestore {
                 writer.delete("modes", "doomed").await.unwrap();
             }
             let expected = writer.list("modes").await.unwrap();
-            // Long enough for the listener to notice and fail a reconnect or two.
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            // The listener notices and fails a reconnect.
+            let refused = proxy.refused();
+            super::common::wait_for(Duration::from_secs(10), "a refused reconnect", || {
+                (proxy.refused() > refused).then_some(())
+            })
+            .await;
             assert_eq!(proxy.accepted(), accepted, "relayed while held");
             proxy.resume();
             // Apply everything heard until the listener's view equals the store's.

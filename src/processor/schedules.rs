@@ -27,8 +27,8 @@ use crate::protocol::appliance::State;
 use crate::protocol::command::error_reply;
 use crate::protocol::topics::{APPLIANCE_CONTROL_TOPIC, DATA_ERROR_TOPIC, DATA_WARNING_TOPIC};
 use crate::schedule::model::{self, DocumentError, Mode, Schedule};
-use crate::schedule::target;
 use crate::schedule::timing::{self, Occurrence, Plan};
+use crate::schedule::{clock, target};
 use crate::store::{Document, DocumentEvent, DocumentStore, StoreError};
 
 /// Handled occurrences: per schedule title, the local date of the last one.
@@ -148,13 +148,13 @@ impl<S: DocumentStore> Engine<S> {
 
         let mut checked = self.load_checked(grace).await;
         loop {
-            let now = Utc::now();
+            let now = clock::now();
             self.handle_due(&mut known, checked, now, zone, grace).await;
             checked = now;
             self.save_checked(now).await;
 
             let until_next = timing::next_after(known.schedules.items.values(), now, zone)
-                .and_then(|next| (next - Utc::now()).to_std().ok())
+                .and_then(|next| (next - clock::now()).to_std().ok())
                 .unwrap_or(max_sleep)
                 .min(max_sleep);
             tokio::select! {
@@ -279,7 +279,7 @@ impl<S: DocumentStore> Engine<S> {
     }
 
     async fn load_checked(&self, grace: Duration) -> DateTime<Utc> {
-        let now = Utc::now();
+        let now = clock::now();
         let stored = match self.store.get(STATE, CHECKED).await {
             Ok(stored) => stored,
             Err(err) => {

@@ -105,6 +105,20 @@ fn writer_builder() -> redb::Builder {
     builder
 }
 
+/// The documents of `collection`, read from another process while the daemon may run
+/// (`smarthomed status`); none when the store has no documents file yet.
+pub fn read_collection(dir: &Path, collection: &str) -> Result<Vec<(String, Document)>, StoreError> {
+    let path = dir.join("documents.redb");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let db = Database::builder()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open_read_only(&path)
+        .map_err(|err| StoreError::Open { path: path.clone(), source: Box::new(err) })?;
+    EmbeddedDocuments::list_in(&db.begin_read().map_err(backend)?, collection)
+}
+
 /// Writes a consistent copy of every file of the store in `dir` into `to` (a new or
 /// empty directory), while the daemon runs: each file is read in one read transaction,
 /// a snapshot that commits made meanwhile do not change. Returns the files written.
@@ -325,7 +339,10 @@ impl EmbeddedDocuments {
     }
 
     fn list_blocking(db: &Database, collection: &str) -> Result<Vec<(String, Document)>, StoreError> {
-        let read = db.begin_read().map_err(backend)?;
+        Self::list_in(&db.begin_read().map_err(backend)?, collection)
+    }
+
+    fn list_in(read: &redb::ReadTransaction, collection: &str) -> Result<Vec<(String, Document)>, StoreError> {
         let table = read.open_table(DOCUMENTS).map_err(backend)?;
         let mut documents = Vec::new();
         for entry in table.range((collection, "")..).map_err(backend)? {

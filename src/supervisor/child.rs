@@ -162,7 +162,7 @@ impl Launcher {
         let (heartbeat, heartbeats) = watch::channel(Instant::now());
         let control_end = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(control_end))?;
         let (alerter, children) = (self.alerter.clone(), self.children.clone());
-        children.started(role.name());
+        children.started(role.name(), pid);
         relays.spawn(control::read_supervisor_end(control_end, role.name(), move |message| match message {
             ControlMessage::Alert(alert) => alerter.relay(alert),
             ControlMessage::Heartbeat { metrics } => {

@@ -11,6 +11,7 @@
 
 pub mod child;
 pub mod restart;
+pub mod status;
 pub mod systemd;
 
 use std::collections::HashMap;
@@ -53,6 +54,8 @@ pub enum SupervisorError {
     MetricsListen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot set up the metrics recorder: one is installed already")]
     MetricsRecorder,
+    #[error(transparent)]
+    Status(#[from] status::StatusError),
 }
 
 enum Report {
@@ -96,6 +99,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
     let (new_destinations, destinations) = mpsc::channel(1);
     tasks.spawn(alert::slack::run(destination, destinations, alert_queue, coalescer, alerts_stop.clone()));
 
+    // Before anything touches the store: a second daemon on it stops here.
+    let status_socket = status::bind(&config.store.dir).await?;
     // A lost or damaged store, or a certificate the broker cannot use, stops the daemon
     // before any child could start on it (a child would only crash-loop).
     if let Err(why) = startup_check(&config) {
@@ -124,6 +129,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
         tasks.spawn(telemetry::serve(listener, own, alerter.clone(), children.clone(), fresh, alerts_stop.clone()));
         info!(%addr, "serving /metrics and /healthz");
     }
+    tasks.spawn(status::serve(
+        status_socket,
+        status::socket_path(&config.store.dir),
+        children.clone(),
+        alerts_stop.clone(),
+    ));
 
     let launcher = Arc::new(Launcher {
         exe: std::env::current_exe().map_err(SupervisorError::Exe)?,

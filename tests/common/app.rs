@@ -42,15 +42,17 @@ pub async fn next_json(messages: &mut Messages, topic: &str) -> Value {
 
 /// Waits until the processor is subscribed: a probe signin is answered. What is
 /// published before a fresh processor's first subscription reaches no one, so the
-/// probe is repeated.
+/// probe is repeated, each time with its own UID, which the answer names; answers that
+/// already arrived are then passed over.
 pub async fn wait_processor(client: &AsyncClient, replies: &mut Messages) {
-    let probe = r#"{"Producer":"android","command":"signin","UID":"probe-no-such-user"}"#;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    for attempt in 0.. {
+        let uid = format!("probe-{attempt}-no-such-user");
+        let probe = format!(r#"{{"Producer":"android","command":"signin","UID":"{uid}"}}"#);
         send(client, "webos/server/info", probe).await;
         let answered = tokio::time::timeout(Duration::from_millis(500), async {
-            while let Some((topic, _, _)) = replies.recv().await {
-                if topic == "webos/android/error" {
+            while let Some((topic, payload, _)) = replies.recv().await {
+                if topic == "webos/android/error" && payload.contains(&uid) {
                     return;
                 }
             }
@@ -61,8 +63,6 @@ pub async fn wait_processor(client: &AsyncClient, replies: &mut Messages) {
         }
         assert!(std::time::Instant::now() < deadline, "the processor never answered");
     }
-    // Answers to repeated probes may still be on their way: let them pass.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     while replies.try_recv().is_ok() {}
 }
 
@@ -77,19 +77,48 @@ pub fn android_schedule(title: &str, start: &str, date: &str) -> Value {
     })
 }
 
-/// The first whole minute at least 15 s ahead (UTC), so that a schedule stored now is in
-/// place before its minute begins.
-pub fn next_schedulable_minute() -> DateTime<Utc> {
-    let at = Utc::now() + chrono::Duration::seconds(75);
-    at.with_second(0).and_then(|at| at.with_nanosecond(0)).expect("a whole minute")
+/// The daemon's schedule clock, shifted (`SMARTHOMED_CLOCK_OFFSET_MS`) so that a whole
+/// minute of its time comes a few seconds after the test has set a schedule up, instead
+/// of up to a real minute later.
+#[derive(Clone, Copy)]
+pub struct ShiftedClock {
+    offset: chrono::TimeDelta,
 }
 
-/// The next control the appliance receives, which must come by 20 s after `at`.
-pub async fn control_at(appliance: &mut Messages, at: DateTime<Utc>) -> String {
-    let wait = (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(20);
-    let (_, control, _) = tokio::time::timeout(wait, appliance.recv())
-        .await
-        .expect("no control at the scheduled minute")
-        .expect("subscription ended");
-    control
+impl ShiftedClock {
+    /// A clock on which a whole minute begins `lead` from now.
+    pub fn minute_in(lead: Duration) -> Self {
+        let real = Utc::now();
+        let minute = (real + chrono::TimeDelta::minutes(1))
+            .with_second(0)
+            .and_then(|at| at.with_nanosecond(0))
+            .expect("a whole minute");
+        let lead = chrono::TimeDelta::from_std(lead).expect("lead");
+        Self { offset: minute - (real + lead) }
+    }
+
+    /// The environment that puts the daemon on this clock.
+    pub fn env(&self) -> (&'static str, String) {
+        (smarthomed::schedule::clock::OFFSET_ENV, self.offset.num_milliseconds().to_string())
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.offset
+    }
+
+    /// The first whole minute at least 5 s ahead on this clock, so that a schedule
+    /// stored now is in place before its minute begins.
+    pub fn next_schedulable_minute(&self) -> DateTime<Utc> {
+        let at = self.now() + chrono::TimeDelta::seconds(65);
+        at.with_second(0).and_then(|at| at.with_nanosecond(0)).expect("a whole minute")
+    }
+    /// The next control the appliance receives, which must come by 20 s after `at`.
+    pub async fn control_at(&self, appliance: &mut Messages, at: DateTime<Utc>) -> String {
+        let wait = (at - self.now()).to_std().unwrap_or_default() + Duration::from_secs(20);
+        let (_, control, _) = tokio::time::timeout(wait, appliance.recv())
+            .await
+            .expect("no control at the scheduled minute")
+            .expect("subscription ended");
+        control
+    }
 }

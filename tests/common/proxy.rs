@@ -13,6 +13,7 @@ pub struct CuttableProxy {
     pub host: String,
     cuts: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
     holding: Arc<AtomicBool>,
     frozen: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -29,13 +30,16 @@ impl CuttableProxy {
         let host = listener.local_addr().expect("proxy address").to_string();
         let (cuts, _) = watch::channel(0u64);
         let accepted = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
         let holding = Arc::new(AtomicBool::new(false));
         let (target, cut_signal, counter, held) = (target.to_owned(), cuts.clone(), accepted.clone(), holding.clone());
+        let refused_counter = refused.clone();
         let (frozen, _) = watch::channel(false);
         let freeze_signal = frozen.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if held.load(Ordering::SeqCst) {
+                    refused_counter.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -59,7 +63,7 @@ impl CuttableProxy {
                 });
             }
         });
-        Self { host, cuts, accepted, holding, frozen, task }
+        Self { host, cuts, accepted, refused, holding, frozen, task }
     }
 
     /// Drops every open connection; new ones are relayed again.
@@ -93,6 +97,11 @@ impl CuttableProxy {
     /// Connections relayed so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections dropped at once while held: a client's attempts during an outage.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 }
 
