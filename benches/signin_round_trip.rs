@@ -9,7 +9,7 @@
 //! `cargo bench --bench signin_round_trip`; under `cargo test` it runs a short smoke
 //! pass, so the benchmark keeps working.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -206,7 +206,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-11-23T00:00:00Z").unwrap().with_timezone(&Utc);
         let schedule = crate::schedule::model::tests::schedule_document;
         let documents =
-            vec![("late".to_string(), schedule("late", "20:30")), ("early".into(), schedule("early", "10:15"))];
+            vec![("late".to_string(), schedule("late", "2030")), ("early".into(), schedule("early", "1015"))];
         let text = render_schedules(&documents, now, zone);
         assert_eq!(text, "schedules due next (Asia/Seoul):\n  2026-11-23 10:15  early\n  2026-11-23 20:30  late\n");
     }

@@ -3,7 +3,7 @@
 //! account whose tokens come from the token endpoint stand-in, the weather from the
 //! OpenWeatherMap stand-in, alerts to the Slack stand-in.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

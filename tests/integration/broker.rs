@@ -1,7 +1,7 @@
 //! The embedded broker, run as `smarthomed broker`: real MQTT clients over TCP
 //! (3.1.1 and 5) and WebSocket, retained messages, accounts and limits.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

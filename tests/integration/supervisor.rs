@@ -1,7 +1,7 @@
 //! The supervisor, run as `smarthomed run`: restarts, alerts to a Slack stand-in,
 //! graceful stop, orphan-freedom and the restart limit.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The store interfaces' conformance suite on the embedded backend, and its durability.
 
-mod common;
+use crate::common;
 
 use serde_json::json;
 use smarthomed::store::embedded::{EmbeddedDocuments, EmbeddedTree};

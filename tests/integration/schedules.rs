@@ -1,7 +1,7 @@
 //! Schedules and modes through the real binary: edited over MQTT, and a schedule for
 //! the next minute sends its control once and, being one-off, is gone afterwards.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

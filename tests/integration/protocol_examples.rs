@@ -2,7 +2,7 @@
 //! order, and checks that exactly the documented replies come back: the protocol
 //! documentation cannot drift from the behaviour.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

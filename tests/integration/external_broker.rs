@@ -2,7 +2,7 @@
 //! external broker (here Debian's Mosquitto) with an account whose password comes
 //! from `keys/`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

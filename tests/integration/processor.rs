@@ -2,7 +2,7 @@
 //! command and reply shapes, appliance controls and states, alarms and
 //! recommendations, bad input, and nothing lost across a processor restart.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The command line and the files shipped beside the binary: check-config,
 //! hash-password, exit codes, and the systemd unit.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -156,7 +156,7 @@ fn user_commands_edit_the_accounts_in_the_config_file() {
     assert!(text(&no_file.stderr).contains("-c FILE"), "{}", text(&no_file.stderr));
 }
 
-const UNIT: &str = include_str!("../systemd/smarthomed.service");
+const UNIT: &str = include_str!("../../systemd/smarthomed.service");
 
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {

@@ -3,7 +3,7 @@
 //! the tree, tree values reach the processor, and weather failures are survived and
 //! alerted once per outage.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

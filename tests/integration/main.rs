@@ -1,0 +1,17 @@
+//! The integration tests: each module runs the real binary against real MQTT clients,
+//! Mosquitto, the Cloud Firestore emulator and local stand-ins for the services that
+//! cannot run here. One test binary, so the suite links once and starts one Firestore
+//! emulator; helpers shared by the modules are in `common`.
+
+mod common;
+
+mod broker;
+mod cli;
+mod external_broker;
+mod firebase;
+mod processor;
+mod protocol_examples;
+mod schedules;
+mod store;
+mod supervisor;
+mod syncer;
