@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::certificates::Certificates;
+use super::packet_counter::PacketCounter;
 
 /// The longest prefix needed: fixed header (1), remaining length (up to 4), protocol
 /// name length (2), "MQIsdp" (6), protocol level (1).
@@ -134,7 +135,7 @@ impl FrontDoor {
                 let _counted = OpenConnection(open);
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    result = accept(stream, tls, route, sniff_timeout) => {
+                    result = accept(stream, name, tls, route, sniff_timeout) => {
                         if let Err(err) = result {
                             debug!(listener = name, %peer, "connection ended: {err}");
                         }
@@ -170,22 +171,28 @@ enum SpliceError {
 
 async fn accept(
     client: TcpStream,
+    listener: &'static str,
     tls: Option<tokio_rustls::TlsAcceptor>,
     route: Route,
     sniff_timeout: Duration,
 ) -> Result<(), SpliceError> {
     client.set_nodelay(true)?;
     let Some(acceptor) = tls else {
-        return splice(client, route, sniff_timeout).await;
+        return splice(client, listener, route, sniff_timeout).await;
     };
     let client = tokio::time::timeout(sniff_timeout, acceptor.accept(client))
         .await
         .map_err(|_| SpliceError::HandshakeTimeout)?
         .map_err(SpliceError::Handshake)?;
-    splice(client, route, sniff_timeout).await
+    splice(client, listener, route, sniff_timeout).await
 }
 
-async fn splice<S>(mut client: S, route: Route, sniff_timeout: Duration) -> Result<(), SpliceError>
+async fn splice<S>(
+    mut client: S,
+    listener: &'static str,
+    route: Route,
+    sniff_timeout: Duration,
+) -> Result<(), SpliceError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -201,13 +208,25 @@ where
     let mut backend = TcpStream::connect(backend_addr).await?;
     backend.set_nodelay(true)?;
     backend.write_all(&prefix).await?;
+    // Only plain MQTT is framed as packets here; WebSocket carries them in its frames.
+    let packets = matches!(route, Route::ByVersion { .. });
+    let mut received = Tally::new(listener, "received", packets);
+    received.saw(&prefix);
+    let sent = Tally::new(listener, "sent", packets);
     let (mut client_in, mut client_out) = tokio::io::split(client);
     let (backend_in, mut backend_out) = backend.into_split();
     let requests = async {
-        tokio::io::copy(&mut client_in, &mut backend_out).await?;
-        backend_out.shutdown().await
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let read = client_in.read(&mut buf).await?;
+            if read == 0 {
+                return backend_out.shutdown().await;
+            }
+            received.saw(&buf[..read]);
+            backend_out.write_all(&buf[..read]).await?;
+        }
     };
-    tokio::try_join!(requests, forward_replies(backend_in, &mut client_out))?;
+    tokio::try_join!(requests, forward_replies(backend_in, &mut client_out, sent))?;
     Ok(())
 }
 
@@ -217,6 +236,7 @@ where
 async fn forward_replies(
     mut from: tokio::net::tcp::OwnedReadHalf,
     to: &mut (impl AsyncWrite + Unpin),
+    mut sent: Tally,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -225,9 +245,37 @@ async fn forward_replies(
             return to.shutdown().await;
         }
         let _ = socket2::SockRef::from(from.as_ref()).set_tcp_quickack(true);
+        sent.saw(&buf[..read]);
         to.write_all(&buf[..read]).await?;
         // A TLS stream holds what it encrypted until flushed.
         to.flush().await?;
+    }
+}
+
+/// The bytes, and on plain MQTT the messages (PUBLISH packets), one direction of a
+/// connection carries, counted per listener (`received`: from clients).
+struct Tally {
+    packets: Option<PacketCounter>,
+    messages: metrics::Counter,
+    bytes: metrics::Counter,
+}
+
+impl Tally {
+    fn new(listener: &'static str, direction: &'static str, packets: bool) -> Self {
+        Self {
+            packets: packets.then(PacketCounter::default),
+            messages: metrics::counter!(
+                format!("smarthomed_broker_messages_{direction}_total"), "listener" => listener
+            ),
+            bytes: metrics::counter!(format!("smarthomed_broker_bytes_{direction}_total"), "listener" => listener),
+        }
+    }
+
+    fn saw(&mut self, bytes: &[u8]) {
+        self.bytes.increment(bytes.len() as u64);
+        if let Some(packets) = &mut self.packets {
+            self.messages.increment(packets.publishes_in(bytes));
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod certificates;
 pub mod front_door;
+pub mod packet_counter;
 pub mod password;
 
 use std::collections::HashMap;

@@ -419,6 +419,32 @@ async fn metrics_and_health_cover_every_process() {
         assert!(families.insert(line.split_whitespace().nth(2).unwrap().to_owned()), "{line} twice:\n{metrics}");
     }
 
+    // The front door counts the messages that pass it, each way.
+    let count = |metrics: &str, name: &str| -> u64 {
+        let series = format!("{name}{{listener=\"mqtt\"}} ");
+        metrics.lines().find_map(|line| line.strip_prefix(&series)?.parse().ok()).unwrap_or(0)
+    };
+    let (received, sent) = (
+        count(&metrics, "smarthomed_broker_messages_received_total"),
+        count(&metrics, "smarthomed_broker_messages_sent_total"),
+    );
+    let (client, eventloop) = common::connect(daemon.mqtt_port, "counted-sub", None).await.unwrap();
+    let mut counted = common::subscriber(client, eventloop, "counted/#").await;
+    let (counted_pub, mut pub_loop) = common::connect(daemon.mqtt_port, "counted-pub", None).await.unwrap();
+    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    for n in 0..25 {
+        counted_pub.publish("counted/n", rumqttc::QoS::AtLeastOnce, false, n.to_string()).await.unwrap();
+    }
+    common::expect_message(&mut counted, "counted/n", "24").await;
+    common::wait_for_async(Duration::from_secs(10), "25 more messages each way", || async {
+        let metrics = get("/metrics").await?.1;
+        (count(&metrics, "smarthomed_broker_messages_received_total") >= received + 25
+            && count(&metrics, "smarthomed_broker_messages_sent_total") >= sent + 25
+            && metrics.contains("smarthomed_broker_bytes_received_total{listener=\"mqtt\"}"))
+        .then_some(())
+    })
+    .await;
+
     // A stopped processor is unhealthy at once, and healthy again once restarted.
     kill(Pid::from_raw(before["processor"] as i32), Signal::SIGSTOP).unwrap();
     let (_, down) = common::wait_for_async(Duration::from_secs(10), "unhealthy", || async {
