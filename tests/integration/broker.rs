@@ -217,6 +217,21 @@ async fn tls_and_wss_listeners_serve_a_certificate_renewed_on_disk_without_a_res
     })
     .await;
 
+    // A reload reads the files whatever their times say.
+    let third_ca = TestCa::new("third-ca");
+    let modified = |path: &std::path::Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    let (cert_time, key_time) = (modified(&cert), modified(&key));
+    third_ca.issue_server(&cert, &key);
+    for (path, time) in [(&cert, cert_time), (&key, key_time)] {
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(time).unwrap();
+    }
+    connect_tls(tls_port, "before-reload", &renewed_ca, false).await.expect("unchanged times: no reading");
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    common::wait_for_async(Duration::from_secs(10), "the reloaded certificate", || async {
+        connect_tls(tls_port, "after-reload", &third_ca, false).await.ok()
+    })
+    .await;
+
     // A connection that never starts its handshake is closed after the connect timeout.
     let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
     let mut byte = [0u8; 1];
