@@ -17,6 +17,7 @@ pub mod mqtt;
 pub mod panic_exit;
 pub mod processor;
 pub mod protocol;
+pub mod robot;
 pub mod schedule;
 pub mod status_command;
 pub mod store;

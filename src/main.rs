@@ -52,6 +52,40 @@ enum Command {
     /// Add, change or remove a broker account ([[broker.users]]) in the config file.
     #[command(subcommand)]
     User(UserCommand),
+    /// Run a simulated robot against the daemon's broker (protocol/README.md, "Robots").
+    RobotSim(RobotSimArgs),
+}
+
+#[derive(Args)]
+struct RobotSimArgs {
+    /// The robot's id: [A-Za-z0-9_.:-]{1,64}.
+    #[arg(long)]
+    id: String,
+    /// vacuum, serving or mobile.
+    #[arg(long, value_parser = parse_kind)]
+    kind: smarthomed::protocol::robot::Kind,
+    /// How long each piece of work takes.
+    #[arg(long, default_value_t = 5000)]
+    work_ms: u64,
+    #[arg(long, default_value_t = smarthomed::protocol::robot::DEFAULT_HEARTBEAT_SECS)]
+    heartbeat_secs: u32,
+    /// Take commands but never act on them (to see what a robot that does not answer
+    /// gets).
+    #[arg(long)]
+    ignore_commands: bool,
+    /// Report an e-stop as not clearable, as with its button still pressed.
+    #[arg(long)]
+    stop_not_clearable: bool,
+    /// Broker account; its password comes from SMARTHOMED_ROBOT_PASSWORD.
+    #[arg(long)]
+    username: Option<String>,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+fn parse_kind(text: &str) -> Result<smarthomed::protocol::robot::Kind, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("{text:?} is not vacuum, serving or mobile"))
 }
 
 #[derive(Subcommand)]
@@ -127,6 +161,7 @@ fn main() -> ExitCode {
         | Command::Status(args)
         | Command::Store(StoreCommand::Check(args) | StoreCommand::Reset(args)) => args,
         Command::Store(StoreCommand::Backup(args) | StoreCommand::Restore(args)) => &args.config,
+        Command::RobotSim(args) => &args.config,
     };
     let config_path = args.config.clone();
     let config = match args.load() {
@@ -188,6 +223,7 @@ fn main() -> ExitCode {
             print!("{text}");
             Ok(())
         })),
+        Command::RobotSim(args) => report(current_thread().and_then(|rt| rt.block_on(robot_sim(args, &config)))),
         Command::HashPassword | Command::User(_) => unreachable!("handled before loading the config"),
     }
 }
@@ -237,6 +273,42 @@ where
     tasks.close();
     tasks.wait().await;
     result
+}
+
+async fn robot_sim(args: RobotSimArgs, config: &Config) -> anyhow::Result<()> {
+    use smarthomed::protocol::robot;
+    anyhow::ensure!(robot::valid_robot_id(&args.id), "--id must match [A-Za-z0-9_.:-]{{1,64}} and not be \"all\"");
+    let mut options = smarthomed::mqtt::client_options(config, "robot-sim", None)?;
+    options.set_client_id(robot::client_id(&args.id));
+    if let Some(username) = &args.username {
+        let password = std::env::var("SMARTHOMED_ROBOT_PASSWORD").unwrap_or_default();
+        options.set_credentials(username.clone(), password);
+    }
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let sim = smarthomed::robot::sim::run(
+        options,
+        smarthomed::robot::sim::SimOptions {
+            robot_id: args.id,
+            kind: args.kind,
+            work: std::time::Duration::from_millis(args.work_ms),
+            heartbeat_secs: args.heartbeat_secs.max(1),
+            ignore_commands: args.ignore_commands,
+            stop_not_clearable: args.stop_not_clearable,
+        },
+        shutdown,
+    );
+    tokio::pin!(sim);
+    tokio::select! {
+        () = &mut sim => return Ok(()),
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    stop.cancel();
+    sim.await;
+    Ok(())
 }
 
 fn store_command(command: StoreCommand, config: &Config) -> anyhow::Result<()> {

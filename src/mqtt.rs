@@ -135,6 +135,8 @@ pub struct Link {
     lost_alert_after: Duration,
     drain_grace: Duration,
     alerter: Alerter,
+    /// Counts the connections made (CONNACKs), for consumers that must act on each.
+    connects: tokio::sync::watch::Sender<u64>,
 }
 
 /// Acknowledges received QoS 1 messages of a [`Link::persistent`] link.
@@ -171,7 +173,14 @@ impl Link {
             lost_alert_after: Duration::from_secs(config.mqtt.lost_alert_after_secs),
             drain_grace: DEFAULT_DRAIN_GRACE,
             alerter,
+            connects: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Changes at every connect and reconnect to the broker: what a consumer keeps
+    /// retained there (which a restarted broker may have lost) is published again.
+    pub fn connects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connects.subscribe()
     }
 
     /// A link whose broker session outlives the process (clean session off) and whose
@@ -294,6 +303,7 @@ impl Link {
         state.connected_since = Some(Instant::now());
         state.to_subscribe = !self.subscriptions.is_empty();
         state.to_announce = true;
+        self.connects.send_modify(|count| *count += 1);
     }
 
     /// Keeps the connection going for the replies of in-flight work. Messages that

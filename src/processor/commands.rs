@@ -19,16 +19,55 @@ use crate::protocol::topics::{self, APPLIANCE_CONTROL_TOPIC, CAMERA_TOPIC};
 use crate::schedule::model::{MODES, SCHEDULES, find_mode};
 use crate::store::{DocumentStore, StoreError};
 
+use super::robots::{Call, RobotDesk};
+
 pub const USERS: &str = "user_account";
 
 pub struct Handlers<S> {
     store: S,
+    robots: RobotDesk,
     client: AsyncClient,
     config: Arc<Config>,
     alerter: Alerter,
     facer_running: AtomicBool,
     /// Refusals are answered one by one but logged at a bounded rate.
     log_limit: Mutex<LogLimiter>,
+}
+
+/// The robot desk's call for a robot request.
+fn robot_call(producer: &str, request: &Request) -> Option<Call> {
+    use crate::robot::fleet::{CommandRequest, OnDaemonLost, RegisterRequest};
+    let producer = producer.to_owned();
+    Some(match request.clone() {
+        Request::RobotList { uid } => Call::List { uid, producer },
+        Request::RobotRegister(registration) => Call::Register(RegisterRequest {
+            uid: registration.uid,
+            producer,
+            robot_id: registration.robot,
+            kind: registration.kind,
+            name: registration.name,
+            operators: registration.operators,
+            viewers: registration.viewers,
+            heartbeat_secs: registration.heartbeat_secs,
+            on_daemon_lost: match registration.on_daemon_lost.as_str() {
+                "continue" => OnDaemonLost::Continue,
+                "stop" => OnDaemonLost::Stop,
+                _ => OnDaemonLost::Pause,
+            },
+        }),
+        Request::RobotRemove { uid, robot } => Call::Remove { uid, producer, robot },
+        Request::RobotCommand(command) => Call::Command(CommandRequest {
+            uid: command.uid,
+            producer,
+            robot_id: command.robot,
+            cmd_id: command.cmd_id,
+            action: command.action,
+            params: command.params,
+            sent_at: command.sent_at,
+        }),
+        Request::RobotReset { uid, robot } => Call::Reset { uid, producer, robot },
+        _ => return None,
+    })
 }
 
 /// A failure that is the daemon's, not the sender's: it is also alerted.
@@ -38,9 +77,10 @@ fn store_failure(err: &StoreError) -> Rejection {
 }
 
 impl<S: DocumentStore> Handlers<S> {
-    pub fn new(store: S, client: AsyncClient, config: Arc<Config>, alerter: Alerter) -> Self {
+    pub fn new(store: S, robots: RobotDesk, client: AsyncClient, config: Arc<Config>, alerter: Alerter) -> Self {
         Self {
             store,
+            robots,
             client,
             config,
             alerter,
@@ -115,6 +155,19 @@ impl<S: DocumentStore> Handlers<S> {
     async fn carry_out(&self, command: &Command) -> Result<(), Rejection> {
         let producer = command.producer.as_str();
         match &command.request {
+            Request::RobotList { .. }
+            | Request::RobotRegister(_)
+            | Request::RobotRemove { .. }
+            | Request::RobotCommand(_)
+            | Request::RobotReset { .. } => {
+                let call = robot_call(producer, &command.request);
+                match call {
+                    Some(call) => {
+                        self.robots.ask(call).await.map_err(|refused| Rejection::new(refused.code, refused.message))
+                    }
+                    None => Ok(()),
+                }
+            }
             Request::Signup { uid, name } => {
                 let mut user = serde_json::Map::new();
                 user.insert("name".into(), Value::String(name.clone()));

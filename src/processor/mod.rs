@@ -18,6 +18,7 @@ pub mod appliance;
 pub mod commands;
 pub mod homeassistant;
 pub mod recommendation;
+pub mod robots;
 pub mod schedules;
 pub mod texts;
 
@@ -187,7 +188,36 @@ pub async fn run_with_store<S: DocumentStore>(
             },
         ));
     }
-    let handlers = Arc::new(Handlers::new(store, client.clone(), config.clone(), context.alerter.clone()));
+    // The robot channel: a connection of its own, so that e-stops never wait here.
+    let robot_options = mqtt::client_options(&config, robots::ROLE, context.internal_password.as_ref())?;
+    let (mut robot_link, robot_acker) = Link::persistent(robots::ROLE, robot_options, &config, context.alerter.clone());
+    for filter in crate::protocol::robot::DAEMON_FILTERS {
+        robot_link.subscribe(filter, QoS::AtLeastOnce);
+    }
+    let (robot_desk, robot_asks) = robots::desk(config.processor.queue_capacity);
+    let robot_work = {
+        let desk = robots::Desk {
+            store: store.clone(),
+            client: robot_link.client(),
+            acker: robot_acker,
+            alerter: context.alerter.clone(),
+            connects: robot_link.connects(),
+        };
+        let (robot_incoming, robot_queue) = mpsc::channel(config.processor.queue_capacity);
+        let (tasks, shutdown, alerter) = (tasks.clone(), shutdown.clone(), context.alerter.clone());
+        async move {
+            let (_, outcome) = tokio::join!(
+                robot_link.run(robot_incoming, shutdown.clone()),
+                desk.run(robot_queue, robot_asks, &tasks, shutdown.clone())
+            );
+            if let Err(err) = outcome {
+                warn!("the robot desk stopped: {err}");
+                alerter.raise(Alert::new(ROLE, "the robot desk stopped", err.to_string()));
+            }
+        }
+    };
+    tasks.spawn(robot_work);
+    let handlers = Arc::new(Handlers::new(store, robot_desk, client.clone(), config.clone(), context.alerter.clone()));
     let (incoming, queue) = mpsc::channel(config.processor.queue_capacity);
     let (acks, unacked) = mpsc::channel(config.processor.queue_capacity + config.processor.max_concurrent_handlers);
     tasks.spawn(acknowledge_in_order(unacked, acker));

@@ -32,7 +32,40 @@ pub enum Request {
     ModeAdd(Mode),
     ModeUpdate(Mode),
     ModeDelete { number: u8 },
+    RobotList { uid: String },
+    RobotRegister(RobotRegistration),
+    RobotRemove { uid: String, robot: String },
+    RobotCommand(RobotCommand),
+    RobotReset { uid: String, robot: String },
 }
+
+/// `robot_register`: `robot`, `kind`, `name`, and optionally `operators`, `viewers`
+/// (UIDs), `heartbeatSecs` and `onDaemonLost` (continue, pause, stop).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RobotRegistration {
+    pub uid: String,
+    pub robot: String,
+    pub kind: crate::protocol::robot::Kind,
+    pub name: String,
+    pub operators: Vec<String>,
+    pub viewers: Vec<String>,
+    pub heartbeat_secs: u32,
+    pub on_daemon_lost: String,
+}
+
+/// `robot_command`: `robot`, `cmdId` (the idempotency key), `action`, `params`, and
+/// `timestamp` (RFC 3339, when the app sent it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RobotCommand {
+    pub uid: String,
+    pub robot: String,
+    pub cmd_id: String,
+    pub action: String,
+    pub params: Value,
+    pub sent_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Eq for RobotCommand {}
 
 /// One row of the command table.
 pub struct CommandSpec {
@@ -95,7 +128,103 @@ pub const COMMANDS: &[CommandSpec] = &[
                 .ok_or_else(|| Rejection::new("bad_field", "modeNum must be an integer 1-9")),
         },
     },
+    CommandSpec {
+        command: "robot_list",
+        producers: APPS,
+        parse: |fields| Ok(Request::RobotList { uid: uid(fields)? }),
+    },
+    CommandSpec { command: "robot_register", producers: APPS, parse: robot_registration },
+    CommandSpec {
+        command: "robot_remove",
+        producers: APPS,
+        parse: |fields| Ok(Request::RobotRemove { uid: uid(fields)?, robot: robot_id(fields)? }),
+    },
+    CommandSpec { command: "robot_command", producers: APPS, parse: robot_command },
+    CommandSpec {
+        command: "robot_reset",
+        producers: APPS,
+        parse: |fields| Ok(Request::RobotReset { uid: uid(fields)?, robot: robot_id(fields)? }),
+    },
 ];
+
+fn robot_id(fields: &Map<String, Value>) -> Result<String, Rejection> {
+    let robot = text_field(fields, "robot")?;
+    if !crate::protocol::robot::valid_robot_id(&robot) {
+        return Err(Rejection::new("bad_field", "robot must match [A-Za-z0-9_.:-]{1,64} and not be \"all\""));
+    }
+    Ok(robot)
+}
+
+fn uid_list(fields: &Map<String, Value>, key: &'static str) -> Result<Vec<String>, Rejection> {
+    match fields.get(key) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(uid) if crate::store::check_name("UID", uid).is_ok() => Ok(uid.clone()),
+                _ => Err(Rejection::new("bad_field", format!("{key} must be a list of UIDs"))),
+            })
+            .collect(),
+        Some(_) => Err(Rejection::new("bad_field", format!("{key} must be a list of UIDs"))),
+    }
+}
+
+fn robot_registration(fields: &Map<String, Value>) -> Result<Request, Rejection> {
+    let kind_name = text_field(fields, "kind")?;
+    let kind = serde_json::from_value(Value::String(kind_name.clone()))
+        .map_err(|_| Rejection::new("bad_field", format!("kind {kind_name:?} is not vacuum, serving or mobile")))?;
+    let heartbeat_secs = match fields.get("heartbeatSecs") {
+        None => crate::protocol::robot::DEFAULT_HEARTBEAT_SECS,
+        Some(value) => value
+            .as_u64()
+            .filter(|secs| (1..=3600).contains(secs))
+            .map(|secs| secs as u32)
+            .ok_or_else(|| Rejection::new("bad_field", "heartbeatSecs must be an integer 1-3600"))?,
+    };
+    let on_daemon_lost = match fields.get("onDaemonLost") {
+        None => "pause".to_owned(),
+        Some(Value::String(choice)) if ["continue", "pause", "stop"].contains(&choice.as_str()) => choice.clone(),
+        Some(_) => return Err(Rejection::new("bad_field", "onDaemonLost must be continue, pause or stop")),
+    };
+    let name = text_field(fields, "name")?;
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(Rejection::new("bad_field", "name must be 1-100 characters"));
+    }
+    Ok(Request::RobotRegister(RobotRegistration {
+        uid: uid(fields)?,
+        robot: robot_id(fields)?,
+        kind,
+        name,
+        operators: uid_list(fields, "operators")?,
+        viewers: uid_list(fields, "viewers")?,
+        heartbeat_secs,
+        on_daemon_lost,
+    }))
+}
+
+fn robot_command(fields: &Map<String, Value>) -> Result<Request, Rejection> {
+    let cmd_id = text_field(fields, "cmdId")?;
+    if cmd_id.is_empty() || cmd_id.len() > 64 || !cmd_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(Rejection::new("bad_field", "cmdId must be 1-64 letters, digits or dashes (a UUID)"));
+    }
+    let action = text_field(fields, "action")?;
+    let params = fields.get("params").cloned().unwrap_or(Value::Null);
+    if !(params.is_null() || params.is_object()) {
+        return Err(Rejection::new("bad_field", "params must be an object"));
+    }
+    let stamp = text_field(fields, "timestamp")?;
+    let sent_at = chrono::DateTime::parse_from_rfc3339(&stamp)
+        .map_err(|err| Rejection::new("bad_field", format!("timestamp is not RFC 3339: {err}")))?
+        .with_timezone(&chrono::Utc);
+    Ok(Request::RobotCommand(RobotCommand {
+        uid: uid(fields)?,
+        robot: robot_id(fields)?,
+        cmd_id,
+        action,
+        params,
+        sent_at,
+    }))
+}
 
 /// The `schedule` key: a document in the Android app's format; its title is its id.
 fn schedule(fields: &Map<String, Value>) -> Result<Schedule, Rejection> {
@@ -197,6 +326,11 @@ impl Command {
             | Request::ModeAdd(_)
             | Request::ModeUpdate(_)
             | Request::ModeDelete { .. } => Some("schedules".into()),
+            Request::RobotList { .. } => None,
+            Request::RobotRegister(RobotRegistration { robot, .. })
+            | Request::RobotRemove { robot, .. }
+            | Request::RobotCommand(RobotCommand { robot, .. })
+            | Request::RobotReset { robot, .. } => Some(format!("robot/{robot}")),
         }
     }
 }

@@ -3,4 +3,5 @@
 pub mod appliance;
 pub mod command;
 pub mod homeassistant;
+pub mod robot;
 pub mod topics;

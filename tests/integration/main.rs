@@ -11,6 +11,7 @@ mod external_broker;
 mod firebase;
 mod processor;
 mod protocol_examples;
+mod robots;
 mod schedules;
 mod store;
 mod supervisor;
