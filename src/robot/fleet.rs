@@ -512,7 +512,10 @@ impl Fleet {
         }
         let age = (now.wall - request.sent_at).to_std().unwrap_or_default();
         if age > APP_COMMAND_MAX_AGE {
-            return Err(refused("command_expired", format!("sent {} s ago; at most 30 s", age.as_secs())));
+            return Err(refused(
+                "command_expired",
+                format!("sent at {}, more than 30 s ago", request.sent_at.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            ));
         }
         let kind = robot.registration.kind;
         if !kind.commands().contains(&request.action.as_str()) {
