@@ -224,3 +224,40 @@ async fn two_robots_sharing_an_id_are_alerted_as_flapping() {
     wait_for(Duration::from_secs(30), "the flapping alert", || slack.texts_containing("is flapping").first().cloned())
         .await;
 }
+
+#[tokio::test]
+async fn a_robot_drops_a_cmd_past_its_expiry_or_of_an_older_estop_epoch() {
+    // The robot's side of the protocol; the test plays the daemon (the robot is not
+    // registered, so the daemon stays out of it).
+    let (daemon, _app, _replies) = started("").await;
+    let mut states = listen(&daemon, "state-watch", "smarthomed/robot/v1/solo/state").await;
+    let _robot = RobotSim::start(&daemon, "solo", "vacuum", 500, &[]);
+    next_json(&mut states, "smarthomed/robot/v1/solo/state").await;
+    let as_daemon = publisher(&daemon, "plays-the-daemon").await;
+    let latch = json!({"active": false, "epoch": 3, "timestamp": "2026-11-23T10:00:00Z", "requestedBy": ""});
+    send(&as_daemon, "smarthomed/robot/v1/solo/estop", latch.to_string()).await;
+    while next_json(&mut states, "smarthomed/robot/v1/solo/state").await["estopEpoch"] != 3 {}
+    let cmd = |cmd_id: &str, command: &str, epoch: u64, expires_in_secs: i64| {
+        json!({
+            "headerId": 1, "timestamp": chrono::Utc::now().to_rfc3339(), "cmdId": cmd_id, "command": command,
+            "params": null, "estopEpoch": epoch,
+            "expiresAt": (chrono::Utc::now() + chrono::Duration::seconds(expires_in_secs)).to_rfc3339(),
+            "requestedBy": "test",
+        })
+        .to_string()
+    };
+    send(&as_daemon, "smarthomed/robot/v1/solo/cmd", cmd("stale", "start", 3, -1)).await;
+    send(&as_daemon, "smarthomed/robot/v1/solo/cmd", cmd("old-epoch", "start", 2, 10)).await;
+    // The robot takes its cmds in order: once it lists the valid one, it has seen the
+    // others, and dropped them.
+    send(&as_daemon, "smarthomed/robot/v1/solo/cmd", cmd("valid", "start", 3, 10)).await;
+    loop {
+        let state = next_json(&mut states, "smarthomed/robot/v1/solo/state").await;
+        if let Some(actions) = state["actionStates"].as_array().filter(|actions| !actions.is_empty()) {
+            let ids: Vec<&str> = actions.iter().filter_map(|action| action["cmdId"].as_str()).collect();
+            assert_eq!(ids, ["valid"], "a stale or outdated cmd was carried out: {state}");
+            assert_eq!(state["estopEpoch"], 3);
+            break;
+        }
+    }
+}
