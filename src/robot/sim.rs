@@ -77,6 +77,10 @@ pub async fn run(mut mqtt: MqttOptions, options: SimOptions, shutdown: Cancellat
         true,
     ));
     let (client, mut eventloop) = AsyncClient::new(mqtt, 64);
+    // A state right after an acknowledgement would otherwise wait for a delayed ACK.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let mut robot = Robot {
         state: options.kind.resting(),
         options,

@@ -326,6 +326,9 @@ pub async fn connect(
 
 pub async fn connect_with(options: MqttOptions) -> Result<(AsyncClient, EventLoop), String> {
     let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let connack = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match eventloop.poll().await {
