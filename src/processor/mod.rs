@@ -202,6 +202,7 @@ pub async fn run_with_store<S: DocumentStore>(
             acker: robot_acker,
             alerter: context.alerter.clone(),
             connects: robot_link.connects(),
+            language: config.processor.language,
         };
         let (robot_incoming, robot_queue) = mpsc::channel(config.processor.queue_capacity);
         let (tasks, shutdown, alerter) = (tasks.clone(), shutdown.clone(), context.alerter.clone());

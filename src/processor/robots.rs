@@ -23,7 +23,11 @@ use tracing::{info, warn};
 
 use crate::alert::{Alert, Alerter};
 use crate::mqtt::Acker;
-use crate::protocol::robot::{self as wire, ConnectionMessage, EstopRequest, Factsheet, Leaf, StateMessage, Target};
+use crate::processor::alarms;
+use crate::processor::texts::{self, Language};
+use crate::protocol::robot::{
+    self as wire, ConnectionMessage, EstopRequest, Factsheet, Leaf, RobotStatus, StateMessage, Target,
+};
 use crate::protocol::topics;
 use crate::robot::fleet::{
     CommandRecord, CommandRequest, Effect, Fleet, LatchRecord, Now, Refused, RegisterRequest, Registration, Save,
@@ -34,6 +38,10 @@ pub const ROLE: &str = "robots";
 pub const ROBOTS: &str = "robots";
 pub const ESTOPS: &str = "robot_estops";
 pub const COMMANDS: &str = "robot_commands";
+pub const VIEWS: &str = "robot_views";
+/// Robot alarms take ids apart from the appliance's within one second (see
+/// `alarms::alarm_id`), so the two writers never overwrite each other.
+const ALARM_NTH_BASE: usize = 100;
 
 /// What the command handlers ask of the desk.
 #[derive(Debug)]
@@ -88,6 +96,7 @@ pub struct Desk<S> {
     pub acker: Acker,
     pub alerter: Alerter,
     pub connects: watch::Receiver<u64>,
+    pub language: Language,
 }
 
 impl<S: DocumentStore> Desk<S> {
@@ -101,7 +110,7 @@ impl<S: DocumentStore> Desk<S> {
     ) -> Result<(), RobotsError> {
         let (mut fleet, effects) = self.restore().await?;
         let (saves, to_save) = mpsc::unbounded_channel();
-        tasks.spawn(persist(self.store.clone(), to_save, self.alerter.clone(), shutdown.clone()));
+        tasks.spawn(persist(self.store.clone(), to_save, self.alerter.clone(), self.language, shutdown.clone()));
         self.carry_out(effects, &saves).await;
         self.connects.mark_unchanged();
         loop {
@@ -135,9 +144,10 @@ impl<S: DocumentStore> Desk<S> {
     async fn restore(&self) -> Result<(Fleet, Vec<Effect>), RobotsError> {
         let registrations = read_all::<Registration, _>(&self.store, ROBOTS).await?;
         let latches = read_all::<LatchRecord, _>(&self.store, ESTOPS).await?;
+        let views = read_all::<RobotStatus, _>(&self.store, VIEWS).await?;
         let commands = read_all::<CommandRecord, _>(&self.store, COMMANDS).await?.into_iter().map(|(_, c)| c).collect();
         info!(robots = registrations.len(), "robot desk restored");
-        Ok(Fleet::restore(registrations, latches, commands, now()))
+        Ok(Fleet::restore(registrations, latches, views, commands, now()))
     }
 
     fn on_message(&self, fleet: &mut Fleet, publish: &Publish) -> Vec<Effect> {
@@ -257,9 +267,11 @@ async fn persist<S: DocumentStore>(
     store: S,
     mut saves: mpsc::UnboundedReceiver<Save>,
     alerter: Alerter,
+    language: Language,
     shutdown: CancellationToken,
 ) {
     let mut alerted = false;
+    let mut alarm_second = (0, ALARM_NTH_BASE);
     while let Some(save) = saves.recv().await {
         let mut retry =
             crate::backoff::Backoff::new(std::time::Duration::from_millis(200), std::time::Duration::from_secs(30));
@@ -275,6 +287,11 @@ async fn persist<S: DocumentStore>(
                 Save::Latch { robot_id, latch } => store.set(ESTOPS, robot_id, document(latch)).await,
                 Save::Command(record) => store.set(COMMANDS, &record.document_id(), document(record)).await,
                 Save::ForgetCommand { document_id } => store.delete(COMMANDS, document_id).await.map(drop),
+                Save::View { robot_id, view: Some(view) } => store.set(VIEWS, robot_id, document(view)).await,
+                Save::View { robot_id, view: None } => store.delete(VIEWS, robot_id).await.map(drop),
+                Save::Alarm(alarm) => {
+                    write_alarm(&store, &texts::robot_alarm(language, alarm), &mut alarm_second).await
+                }
             };
             match result {
                 Ok(()) => {
@@ -300,4 +317,25 @@ async fn persist<S: DocumentStore>(
             }
         }
     }
+}
+
+/// One alarm in the apps' list, which keeps its newest `alarms::MAX_ALARMS`.
+async fn write_alarm<S: DocumentStore>(
+    store: &S,
+    text: &texts::AlarmText,
+    second: &mut (i64, usize),
+) -> Result<(), StoreError> {
+    let now = chrono::Local::now();
+    if second.0 != now.timestamp() {
+        *second = (now.timestamp(), ALARM_NTH_BASE);
+    }
+    let id = alarms::alarm_id(now.timestamp(), second.1);
+    second.1 += 1;
+    store.set(alarms::COLLECTION, &id, alarms::document(text, &alarms::alarm_date(now.naive_local()))).await?;
+    info!(id, inform = text.inform, "robot alarm");
+    let ids = store.list(alarms::COLLECTION).await?.into_iter().map(|(id, _)| id).collect();
+    for id in alarms::excess(ids) {
+        store.delete(alarms::COLLECTION, &id).await?;
+    }
+    Ok(())
 }

@@ -61,6 +61,22 @@ pub fn alarm(language: Language, change: Change, mode_name: &str) -> AlarmText {
     AlarmText { inform, icon }
 }
 
+/// The alarm of a robot event.
+pub fn robot_alarm(language: Language, alarm: &crate::robot::fleet::RobotAlarm) -> AlarmText {
+    use crate::robot::fleet::RobotAlarm;
+    let inform = match (language, alarm) {
+        (Language::Ko, RobotAlarm::Estopped { name }) => format!("{name} 비상 정지되었어요."),
+        (Language::En, RobotAlarm::Estopped { name }) => format!("{name} was emergency-stopped."),
+        (Language::Ko, RobotAlarm::EstopUnconfirmed { name }) => format!("{name}의 비상 정지가 확인되지 않았어요."),
+        (Language::En, RobotAlarm::EstopUnconfirmed { name }) => {
+            format!("{name} has not confirmed its emergency stop.")
+        }
+        (Language::Ko, RobotAlarm::Fatal { name, error }) => format!("{name}에 오류가 생겼어요: {error}"),
+        (Language::En, RobotAlarm::Fatal { name, error }) => format!("{name} failed: {error}"),
+    };
+    AlarmText { inform, icon: "robot_icon".into() }
+}
+
 fn pick(language: Language, first: bool, ko: [&str; 2], en: [&str; 2]) -> String {
     let texts = match language {
         Language::Ko => ko,

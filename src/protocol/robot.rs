@@ -321,6 +321,19 @@ pub struct EstopRequest {
     pub reason: String,
 }
 
+/// What a robot does when the daemon is lost (its robots connection's availability,
+/// `smarthomed/robots/availability`, says offline): as its owner registered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDaemonLost {
+    Continue,
+    Pause,
+    Stop,
+}
+
+/// Where the daemon's robot connection says online or offline (its last will).
+pub const DAEMON_AVAILABILITY_TOPIC: &str = "smarthomed/robots/availability";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Link {
@@ -345,6 +358,8 @@ pub struct RobotStatus {
     /// The robot has reported emergency_stopped with the latch's epoch.
     pub estop_confirmed: bool,
     pub last_seen: Option<String>,
+    /// What the robot is to do when the daemon is lost; robots read it here.
+    pub on_daemon_lost: OnDaemonLost,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub battery: Option<Battery>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::machine::{self, Refusal};
+pub use crate::protocol::robot::OnDaemonLost;
 use crate::protocol::robot::{
     self as wire, ActionStatus, CmdMessage, CommandStatus, ConnectionMessage, ConnectionState, EstopLatch, Factsheet,
     Kind, Leaf, Link, RobotState, RobotStatus, StateMessage,
@@ -41,14 +42,6 @@ const FLAP_LIMIT: usize = 3;
 pub const HISTORY_KEPT: usize = 50;
 /// Asks a robot for a state message; every robot takes it in every state.
 pub const REPORT_STATE: &str = "report_state";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDaemonLost {
-    Continue,
-    Pause,
-    Stop,
-}
 
 /// A robot as registered by its owner (the `robots` collection).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,13 +118,36 @@ impl CommandRecord {
     }
 }
 
+/// A robot event for the alarm list the apps show (`appliance_alarm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RobotAlarm {
+    Estopped { name: String },
+    EstopUnconfirmed { name: String },
+    Fatal { name: String, error: String },
+}
+
 /// What the store must keep.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Save {
-    Registration { robot_id: String, registration: Option<Registration> },
-    Latch { robot_id: String, latch: LatchRecord },
+    Registration {
+        robot_id: String,
+        registration: Option<Registration>,
+    },
+    Latch {
+        robot_id: String,
+        latch: LatchRecord,
+    },
     Command(CommandRecord),
-    ForgetCommand { document_id: String },
+    ForgetCommand {
+        document_id: String,
+    },
+    /// The view, written when the link changes (not at every state: that would be a
+    /// write every heartbeat); None when the robot is removed.
+    View {
+        robot_id: String,
+        view: Option<RobotStatus>,
+    },
+    Alarm(RobotAlarm),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -230,6 +246,8 @@ struct Robot {
     online: bool,
     stale: bool,
     last_state: Option<StateMessage>,
+    /// The state of the view kept in the store, until the robot reports again.
+    remembered_state: Option<RobotState>,
     last_state_at: Option<Instant>,
     last_seen: Option<String>,
     pending: Vec<Pending>,
@@ -250,6 +268,7 @@ impl Robot {
             online: false,
             stale: false,
             last_state: None,
+            remembered_state: None,
             last_state_at: None,
             last_seen: None,
             pending: Vec::new(),
@@ -269,7 +288,7 @@ impl Robot {
     }
 
     fn state(&self) -> Option<RobotState> {
-        self.last_state.as_ref().map(|state| state.state)
+        self.last_state.as_ref().map(|state| state.state).or(self.remembered_state)
     }
 
     fn estop_confirmed(&self) -> bool {
@@ -295,6 +314,7 @@ impl Robot {
             estop_epoch: self.latch.epoch,
             estop_confirmed: self.latch.active && self.estop_confirmed(),
             last_seen: self.last_seen.clone(),
+            on_daemon_lost: self.registration.on_daemon_lost,
             battery: state.and_then(|state| state.battery.clone()),
             position: state.and_then(|state| state.position.clone()),
             errors: state.map(|state| state.errors.clone()).unwrap_or_default(),
@@ -316,6 +336,7 @@ impl Fleet {
     pub fn restore(
         registrations: Vec<(String, Registration)>,
         latches: Vec<(String, LatchRecord)>,
+        views: Vec<(String, RobotStatus)>,
         commands: Vec<CommandRecord>,
         now: Now,
     ) -> (Self, Vec<Effect>) {
@@ -326,6 +347,12 @@ impl Fleet {
         for (robot_id, latch) in latches {
             if let Some(robot) = fleet.robots.get_mut(&robot_id) {
                 robot.latch = latch;
+            }
+        }
+        for (robot_id, view) in views {
+            if let Some(robot) = fleet.robots.get_mut(&robot_id) {
+                robot.last_seen = view.last_seen;
+                robot.remembered_state = view.state;
             }
         }
         let mut effects = Vec::new();
@@ -390,6 +417,11 @@ impl Fleet {
             .map(|robot| serde_json::to_string(&robot.status(robot_id)).unwrap_or_default())
             .unwrap_or_default();
         Effect::Publish { topic: wire::topic(robot_id, Leaf::Status), payload, retain: true }
+    }
+
+    fn view_saved(&self, robot_id: &str) -> Effect {
+        let view = self.robots.get(robot_id).map(|robot| robot.status(robot_id));
+        Effect::Save(Save::View { robot_id: robot_id.to_owned(), view })
     }
 
     fn report_state_request(&mut self, robot_id: &str, now: Now) -> Effect {
@@ -462,7 +494,10 @@ impl Fleet {
     pub fn remove(&mut self, uid: &str, producer: &str, robot_id: &str) -> Result<Vec<Effect>, Refused> {
         self.authorize(uid, robot_id, Role::Owner)?;
         let Some(robot) = self.robots.remove(robot_id) else { return Err(unknown_robot(robot_id)) };
-        let mut effects = vec![Effect::Save(Save::Registration { robot_id: robot_id.to_owned(), registration: None })];
+        let mut effects = vec![
+            Effect::Save(Save::Registration { robot_id: robot_id.to_owned(), registration: None }),
+            Effect::Save(Save::View { robot_id: robot_id.to_owned(), view: None }),
+        ];
         effects.extend(
             robot.history.iter().map(|record| Effect::Save(Save::ForgetCommand { document_id: record.document_id() })),
         );
@@ -643,8 +678,10 @@ impl Fleet {
             for pending in canceled {
                 then.extend(settle(robot, &pending.cmd.cmd_id, CommandStatus::Canceled, "emergency_stop", now));
             }
+            let name = robot.registration.name.clone();
             first.push(self.latch_effect(&robot_id, now));
             then.push(Effect::Save(Save::Latch { robot_id: robot_id.clone(), latch }));
+            then.push(Effect::Save(Save::Alarm(RobotAlarm::Estopped { name })));
             then.push(self.status_effect(&robot_id));
             then.push(Effect::Reply {
                 producer: producer.to_owned(),
@@ -709,6 +746,7 @@ impl Fleet {
             }
         }
         effects.push(self.status_effect(robot_id));
+        effects.push(self.view_saved(robot_id));
         effects
     }
 
@@ -727,10 +765,24 @@ impl Fleet {
         {
             return effects;
         }
+        let link_was = robot.link();
         robot.online = true;
         robot.stale = false;
         robot.last_state_at = Some(now.instant);
         robot.last_seen = Some(now.stamp());
+        let known_fatal = |error: &wire::RobotError| {
+            robot.last_state.as_ref().is_some_and(|last| {
+                last.errors.iter().any(|old| old.error_type == error.error_type && old.error_level == error.error_level)
+            })
+        };
+        for error in state.errors.iter().filter(|error| error.error_level == wire::ErrorLevel::Fatal) {
+            if !known_fatal(error) {
+                effects.push(Effect::Save(Save::Alarm(RobotAlarm::Fatal {
+                    name: robot.registration.name.clone(),
+                    error: format!("{} {}", error.error_type, error.error_description).trim().to_owned(),
+                })));
+            }
+        }
         for action in &state.action_states {
             let status = match action.action_status {
                 ActionStatus::Waiting | ActionStatus::Running | ActionStatus::Paused => CommandStatus::Running,
@@ -770,6 +822,9 @@ impl Fleet {
             }
         }
         effects.push(self.status_effect(robot_id));
+        if link_was != Link::Online {
+            effects.push(self.view_saved(robot_id));
+        }
         effects
     }
 
@@ -836,6 +891,9 @@ impl Fleet {
                                 }),
                             });
                         }
+                        effects.push(Effect::Save(Save::Alarm(RobotAlarm::EstopUnconfirmed {
+                            name: robot.registration.name.clone(),
+                        })));
                         effects.push(Effect::Alert {
                             title: format!("robot {robot_id} has not confirmed its e-stop"),
                             detail: format!(
@@ -863,6 +921,7 @@ impl Fleet {
             }
             if status_changed {
                 effects.push(self.status_effect(&robot_id));
+                effects.push(self.view_saved(&robot_id));
             }
         }
         effects

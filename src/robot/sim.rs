@@ -7,7 +7,8 @@
 //! at once on an e-stop request (before the daemon's latch arrives); it drops a cmd of
 //! an older e-stop epoch or past its expiry, carries out each cmdId once, and repeats
 //! its newest 8 action states in every state message. Work takes `work` and then
-//! completes as [`machine::completed`] says.
+//! completes as [`machine::completed`] says. When the daemon's robot connection says
+//! offline, it does what its status view says (`onDaemonLost`: continue, pause, stop).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use tracing::{debug, info, warn};
 use super::machine;
 use crate::protocol::robot::{
     self as wire, ACTION_STATES_KEPT, ActionState, ActionStatus, Battery, CmdMessage, ConnectionMessage,
-    ConnectionState, EstopLatch, Factsheet, Kind, Leaf, Position, RobotState, StateMessage,
+    ConnectionState, EstopLatch, Factsheet, Kind, Leaf, OnDaemonLost, Position, RobotState, RobotStatus, StateMessage,
 };
 use crate::robot::fleet::REPORT_STATE;
 
@@ -56,6 +57,8 @@ struct Robot {
     working_on: Option<String>,
     work_done_at: Option<Instant>,
     battery: f64,
+    /// From the daemon's view of this robot.
+    on_daemon_lost: OnDaemonLost,
 }
 
 /// Runs the robot until `shutdown`; then says offline and disconnects.
@@ -92,6 +95,7 @@ pub async fn run(mut mqtt: MqttOptions, options: SimOptions, shutdown: Cancellat
         working_on: None,
         work_done_at: None,
         battery: 100.0,
+        on_daemon_lost: OnDaemonLost::Pause,
     };
     let heartbeat = Duration::from_secs(u64::from(robot.options.heartbeat_secs.max(1)));
     let mut next_heartbeat = Instant::now() + heartbeat;
@@ -114,6 +118,8 @@ pub async fn run(mut mqtt: MqttOptions, options: SimOptions, shutdown: Cancellat
                     wire::topic(&id, Leaf::Estop),
                     wire::topic(&id, Leaf::EstopRequest),
                     wire::ALL_ESTOP_REQUEST_TOPIC.to_owned(),
+                    wire::topic(&id, Leaf::Status),
+                    wire::DAEMON_AVAILABILITY_TOPIC.to_owned(),
                 ] {
                     if let Err(err) = client.try_subscribe(topic, QoS::AtLeastOnce) {
                         warn!("robot-sim: cannot subscribe: {err}");
@@ -216,6 +222,12 @@ impl Robot {
     }
 
     fn on_message(&mut self, client: &AsyncClient, topic: &str, payload: &[u8]) {
+        if topic == wire::DAEMON_AVAILABILITY_TOPIC {
+            if payload == b"offline" {
+                self.daemon_lost(client);
+            }
+            return;
+        }
         let Some((_, leaf)) = wire::parse_topic(topic) else { return };
         match leaf {
             Leaf::EstopRequest => {
@@ -229,12 +241,35 @@ impl Robot {
                 Ok(latch) => self.on_latch(client, &latch),
                 Err(err) => warn!("robot-sim: unreadable latch: {err}"),
             },
+            Leaf::Status => {
+                if let Ok(view) = serde_json::from_slice::<RobotStatus>(payload) {
+                    self.on_daemon_lost = view.on_daemon_lost;
+                }
+            }
             Leaf::Cmd => match serde_json::from_slice::<CmdMessage>(payload) {
                 Ok(cmd) => self.on_cmd(client, cmd),
                 Err(err) => warn!("robot-sim: unreadable cmd: {err}"),
             },
             _ => {}
         }
+    }
+
+    /// The daemon's robot connection went away: do what the owner registered.
+    fn daemon_lost(&mut self, client: &AsyncClient) {
+        let wanted: &[&str] = match self.on_daemon_lost {
+            OnDaemonLost::Continue => &[],
+            OnDaemonLost::Pause => &["pause"],
+            OnDaemonLost::Stop => &["stop", "cancel"],
+        };
+        let Some((command, next)) = wanted.iter().find_map(|command| {
+            let next = machine::next_state(self.options.kind, self.state, command).ok()??;
+            Some((*command, next))
+        }) else {
+            return;
+        };
+        info!(robot = self.options.robot_id, command, "robot-sim: the daemon is lost");
+        self.steer(command, next);
+        self.publish_state(client);
     }
 
     fn on_latch(&mut self, client: &AsyncClient, latch: &EstopLatch) {

@@ -185,7 +185,10 @@ async fn a_command_never_acknowledged_is_sent_once_more_then_expires() {
 #[tokio::test]
 async fn a_command_under_way_at_a_processor_restart_is_settled_by_the_robots_report() {
     let (daemon, app, mut replies) = started("").await;
-    ask(&app, register(OWNER, "chef", "serving")).await;
+    // The robot goes on with its work while the daemon is away (the default pauses it).
+    let mut registration = serde_json::from_str::<serde_json::Value>(&register(OWNER, "chef", "serving")).unwrap();
+    registration["onDaemonLost"] = json!("continue");
+    ask(&app, registration.to_string()).await;
     next_reply(&mut replies, "robot_registered").await;
     let _robot = RobotSim::start(&daemon, "chef", "serving", 4_000, &[]);
     wait_status(&daemon, "chef", "link", json!("online")).await;
@@ -260,4 +263,51 @@ async fn a_robot_drops_a_cmd_past_its_expiry_or_of_an_older_estop_epoch() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn a_robot_does_what_its_owner_chose_when_the_daemon_is_lost_and_estops_are_alarms() {
+    let (daemon, app, mut replies) = started("").await;
+    let mut registration = serde_json::from_str::<serde_json::Value>(&register(OWNER, "vac4", "vacuum")).unwrap();
+    registration["onDaemonLost"] = json!("stop");
+    ask(&app, registration.to_string()).await;
+    next_reply(&mut replies, "robot_registered").await;
+    let _robot = RobotSim::start(&daemon, "vac4", "vacuum", 60_000, &[]);
+    wait_status(&daemon, "vac4", "onDaemonLost", json!("stop")).await;
+    wait_status(&daemon, "vac4", "link", json!("online")).await;
+    ask(&app, command(OPERATOR, "vac4", "c-1", "start")).await;
+    while next_status(&mut replies, "c-1").await["status"] != "running" {}
+    let mut states = listen(&daemon, "state-watch", "smarthomed/robot/v1/vac4/state").await;
+
+    let processor = daemon.children()["processor"];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(processor as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    loop {
+        let state = next_json(&mut states, "smarthomed/robot/v1/vac4/state").await;
+        if state["state"] == "idle" {
+            break;
+        }
+    }
+
+    // The e-stop of another robot is in the alarm list the apps show.
+    wait_for(Duration::from_secs(15), "a new processor", || {
+        daemon.children().get("processor").copied().filter(|pid| *pid != processor)
+    })
+    .await;
+    wait_processor(&app, &mut replies).await;
+    let estop = common::app::publisher(&daemon, "estop-button").await;
+    send(&estop, "smarthomed/robot/v1/vac4/estop/request", estop_request("anyone")).await;
+    next_reply(&mut replies, "robot_estop_confirmed").await;
+    let store_dir = daemon.dir.path().join("data");
+    let mut daemon = daemon;
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
+    let store = smarthomed::store::embedded::EmbeddedDocuments::open(&store_dir).unwrap();
+    let alarms = smarthomed::store::DocumentStore::list(&store, "appliance_alarm").await.unwrap();
+    assert!(
+        alarms.iter().any(|(_, alarm)| alarm["icon"] == "robot_icon"
+            && alarm["inform"].as_str().is_some_and(|text| text.contains("비상 정지"))),
+        "{alarms:?}"
+    );
+    let views = smarthomed::store::DocumentStore::list(&store, "robot_views").await.unwrap();
+    assert!(views.iter().any(|(id, view)| id == "vac4" && view["lastSeen"].is_string()), "{views:?}");
 }

@@ -335,6 +335,7 @@ fn after_a_restart_pending_commands_are_unknown_and_the_robot_is_asked() {
     let (mut fleet, effects) = Fleet::restore(
         vec![("vac1".into(), registration)],
         vec![("vac1".into(), LatchRecord { active: false, epoch: 4 })],
+        vec![("vac1".into(), before.robots["vac1"].status("vac1"))],
         saved,
         clock.at(1_000),
     );
@@ -347,6 +348,8 @@ fn after_a_restart_pending_commands_are_unknown_and_the_robot_is_asked() {
     assert_eq!((asked.command.as_str(), asked.estop_epoch), (REPORT_STATE, 4));
     let latch: EstopLatch = serde_json::from_str(publishes(&effects, Leaf::Estop)[0]).unwrap();
     assert_eq!(latch.epoch, 4);
+    assert_eq!(fleet.list(OWNER)["robots"][0]["state"], "docked", "the kept view, until the robot reports");
+    assert!(fleet.list(OWNER)["robots"][0]["lastSeen"].is_string());
     fleet.on_connection("vac1", connection("s1", ConnectionState::Online), clock.at(1_100));
     let settled =
         fleet.on_state("vac1", state(RobotState::Idle, 4, &[("c1", ActionStatus::Finished)]), clock.at(1_200));
@@ -376,4 +379,62 @@ fn only_owners_change_or_remove_a_robot() {
     let removed = fleet.remove(OWNER, "android", "vac1").unwrap();
     assert_eq!(publishes(&removed, Leaf::Status), [""], "the retained view is cleared");
     assert_eq!(fleet.list(OWNER)["robots"], json!([]));
+}
+
+fn saves(effects: &[Effect]) -> Vec<&Save> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Save(save) => Some(save),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn views_are_kept_when_the_link_changes_not_at_every_state() {
+    let clock = Clock::new();
+    let mut fleet = Fleet::default();
+    register(&mut fleet, Kind::Vacuum);
+    let online = fleet.on_connection("vac1", connection("s1", ConnectionState::Online), clock.at(0));
+    assert!(saves(&online).iter().any(|save| matches!(save, Save::View { view: Some(_), .. })));
+    let routine = fleet.on_state("vac1", state(RobotState::Docked, 0, &[]), clock.at(100));
+    assert!(saves(&routine).is_empty(), "{routine:?}");
+    let stale = fleet.tick(clock.at(45_100));
+    assert!(
+        saves(&stale)
+            .iter()
+            .any(|save| matches!(save, Save::View { view: Some(view), .. } if view.link == Link::Stale))
+    );
+    let back = fleet.on_state("vac1", state(RobotState::Docked, 0, &[]), clock.at(46_000));
+    assert!(
+        saves(&back)
+            .iter()
+            .any(|save| matches!(save, Save::View { view: Some(view), .. } if view.link == Link::Online))
+    );
+}
+
+#[test]
+fn estops_and_new_fatal_errors_become_alarms() {
+    let clock = Clock::new();
+    let mut fleet = online_fleet(&clock);
+    let estop = fleet.estop(&Target::One("vac1".into()), "android", "u", clock.at(0));
+    assert!(saves(&estop).contains(&&Save::Alarm(RobotAlarm::Estopped { name: "Vacuum".into() })));
+    let unconfirmed = fleet.tick(clock.at(2_000));
+    assert!(saves(&unconfirmed).contains(&&Save::Alarm(RobotAlarm::EstopUnconfirmed { name: "Vacuum".into() })));
+    let mut failing = state(RobotState::Error, 1, &[]);
+    failing.errors.push(wire::RobotError {
+        error_type: "brush_stuck".into(),
+        error_level: wire::ErrorLevel::Fatal,
+        error_description: "main brush".into(),
+    });
+    let first = fleet.on_state("vac1", failing.clone(), clock.at(2_100));
+    assert!(
+        saves(&first).contains(&&Save::Alarm(RobotAlarm::Fatal {
+            name: "Vacuum".into(),
+            error: "brush_stuck main brush".into()
+        }))
+    );
+    let repeated = fleet.on_state("vac1", failing, clock.at(2_200));
+    assert!(!saves(&repeated).iter().any(|save| matches!(save, Save::Alarm(_))), "one alarm per error");
 }
