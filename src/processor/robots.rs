@@ -39,6 +39,7 @@ pub const ROBOTS: &str = "robots";
 pub const ESTOPS: &str = "robot_estops";
 pub const COMMANDS: &str = "robot_commands";
 pub const VIEWS: &str = "robot_views";
+pub const FACTSHEETS: &str = "robot_factsheets";
 /// Robot alarms take ids apart from the appliance's within one second (see
 /// `alarms::alarm_id`), so the two writers never overwrite each other.
 const ALARM_NTH_BASE: usize = 100;
@@ -145,9 +146,10 @@ impl<S: DocumentStore> Desk<S> {
         let registrations = read_all::<Registration, _>(&self.store, ROBOTS).await?;
         let latches = read_all::<LatchRecord, _>(&self.store, ESTOPS).await?;
         let views = read_all::<RobotStatus, _>(&self.store, VIEWS).await?;
+        let factsheets = read_all::<Factsheet, _>(&self.store, FACTSHEETS).await?;
         let commands = read_all::<CommandRecord, _>(&self.store, COMMANDS).await?.into_iter().map(|(_, c)| c).collect();
         info!(robots = registrations.len(), "robot desk restored");
-        Ok(Fleet::restore(registrations, latches, views, commands, now()))
+        Ok(Fleet::restore(registrations, latches, views, factsheets, commands, now()))
     }
 
     fn on_message(&self, fleet: &mut Fleet, publish: &Publish) -> Vec<Effect> {
@@ -289,6 +291,10 @@ async fn persist<S: DocumentStore>(
                 Save::ForgetCommand { document_id } => store.delete(COMMANDS, document_id).await.map(drop),
                 Save::View { robot_id, view: Some(view) } => store.set(VIEWS, robot_id, document(view)).await,
                 Save::View { robot_id, view: None } => store.delete(VIEWS, robot_id).await.map(drop),
+                Save::Factsheet { robot_id, factsheet: Some(sheet) } => {
+                    store.set(FACTSHEETS, robot_id, document(sheet)).await
+                }
+                Save::Factsheet { robot_id, factsheet: None } => store.delete(FACTSHEETS, robot_id).await.map(drop),
                 Save::Alarm(alarm) => {
                     write_alarm(&store, &texts::robot_alarm(language, alarm), &mut alarm_second).await
                 }

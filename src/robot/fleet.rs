@@ -147,6 +147,11 @@ pub enum Save {
         robot_id: String,
         view: Option<RobotStatus>,
     },
+    /// What the robot says it is, when it says something new.
+    Factsheet {
+        robot_id: String,
+        factsheet: Option<Factsheet>,
+    },
     Alarm(RobotAlarm),
 }
 
@@ -337,6 +342,7 @@ impl Fleet {
         registrations: Vec<(String, Registration)>,
         latches: Vec<(String, LatchRecord)>,
         views: Vec<(String, RobotStatus)>,
+        factsheets: Vec<(String, Factsheet)>,
         commands: Vec<CommandRecord>,
         now: Now,
     ) -> (Self, Vec<Effect>) {
@@ -347,6 +353,11 @@ impl Fleet {
         for (robot_id, latch) in latches {
             if let Some(robot) = fleet.robots.get_mut(&robot_id) {
                 robot.latch = latch;
+            }
+        }
+        for (robot_id, factsheet) in factsheets {
+            if let Some(robot) = fleet.robots.get_mut(&robot_id) {
+                robot.factsheet = Some(factsheet);
             }
         }
         for (robot_id, view) in views {
@@ -497,6 +508,7 @@ impl Fleet {
         let mut effects = vec![
             Effect::Save(Save::Registration { robot_id: robot_id.to_owned(), registration: None }),
             Effect::Save(Save::View { robot_id: robot_id.to_owned(), view: None }),
+            Effect::Save(Save::Factsheet { robot_id: robot_id.to_owned(), factsheet: None }),
         ];
         effects.extend(
             robot.history.iter().map(|record| Effect::Save(Save::ForgetCommand { document_id: record.document_id() })),
@@ -752,8 +764,11 @@ impl Fleet {
 
     pub fn on_factsheet(&mut self, robot_id: &str, factsheet: Factsheet) -> Vec<Effect> {
         let Some(robot) = self.robots.get_mut(robot_id) else { return Vec::new() };
-        robot.factsheet = Some(factsheet);
-        Vec::new()
+        if robot.factsheet.as_ref() == Some(&factsheet) {
+            return Vec::new();
+        }
+        robot.factsheet = Some(factsheet.clone());
+        vec![Effect::Save(Save::Factsheet { robot_id: robot_id.to_owned(), factsheet: Some(factsheet) })]
     }
 
     /// A `state` message: acknowledgements, outcomes, e-stop confirmation, liveness.

@@ -336,6 +336,7 @@ fn after_a_restart_pending_commands_are_unknown_and_the_robot_is_asked() {
         vec![("vac1".into(), registration)],
         vec![("vac1".into(), LatchRecord { active: false, epoch: 4 })],
         vec![("vac1".into(), before.robots["vac1"].status("vac1"))],
+        vec![],
         saved,
         clock.at(1_000),
     );
@@ -437,4 +438,21 @@ fn estops_and_new_fatal_errors_become_alarms() {
     );
     let repeated = fleet.on_state("vac1", failing, clock.at(2_200));
     assert!(!saves(&repeated).iter().any(|save| matches!(save, Save::Alarm(_))), "one alarm per error");
+}
+
+#[test]
+fn a_factsheet_is_kept_when_it_changes() {
+    let clock = Clock::new();
+    let mut fleet = online_fleet(&clock);
+    let sheet = Factsheet {
+        robot_id: "vac1".into(),
+        kind: Kind::Vacuum,
+        supported_commands: vec!["start".into()],
+        heartbeat_secs: 5,
+        limits: Value::Null,
+    };
+    assert_eq!(saves(&fleet.on_factsheet("vac1", sheet.clone())).len(), 1);
+    assert!(fleet.on_factsheet("vac1", sheet).is_empty(), "the same factsheet again is not written");
+    // The robot's own heartbeat decides when its link goes stale.
+    assert_eq!(fleet.next_deadline(), Some(clock.at(15_000).instant));
 }
