@@ -2,12 +2,14 @@
 //!
 //! rumqttd serves MQTT 3.1.1 and MQTT 5 on separate listeners, and a listener that
 //! fails to bind only logs. The front door binds the configured addresses itself (so
-//! a taken port is a startup error), reads the first bytes of each connection to learn
-//! the protocol level from its CONNECT packet, and splices the connection to rumqttd's
-//! internal loopback listener for that version. It also enforces the connection limit
-//! before a connection costs the router anything, and terminates TLS for the
-//! `tls_listen` and `wss_listen` doors, so rumqttd only ever sees plain loopback
-//! connections and the certificate can change without a restart.
+//! a taken port is a startup error), reads each connection's CONNECT whole (within the
+//! connect timeout), admits or refuses it ([`connect`], [`login`](super::login)), and
+//! splices the connection to rumqttd's internal loopback listener for its version. It
+//! also enforces the connection limit before a connection costs the router anything,
+//! logs each connect and refusal with the client's real address, gives a WebSocket
+//! upgrade the same connect timeout, and terminates TLS for the `tls_listen` and
+//! `wss_listen` doors, so rumqttd only ever sees plain loopback connections and the
+//! certificate can change without a restart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,68 +20,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::certificates::Certificates;
+use super::connect::{self, Connect, Refusal};
+use super::login::{LoginGate, Verdict};
 use super::packet_counter::PacketCounter;
+use crate::config::INTERNAL_MQTT_USER;
 
-/// The longest prefix needed: fixed header (1), remaining length (up to 4), protocol
-/// name length (2), "MQIsdp" (6), protocol level (1).
-const MAX_SNIFF_BYTES: usize = 14;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sniff {
-    NeedMore,
-    Level(u8),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SniffError {
-    #[error("first packet is not CONNECT (header byte {0:#04x})")]
-    NotConnect(u8),
-    #[error("malformed remaining length")]
-    BadLength,
-    #[error("unknown protocol name")]
-    BadProtocolName,
-}
-
-/// Reads the protocol level from the start of an MQTT CONNECT packet.
-pub fn protocol_level(prefix: &[u8]) -> Result<Sniff, SniffError> {
-    let Some(&header) = prefix.first() else {
-        return Ok(Sniff::NeedMore);
-    };
-    if header != 0x10 {
-        return Err(SniffError::NotConnect(header));
-    }
-    let mut pos = 1;
-    loop {
-        let Some(&byte) = prefix.get(pos) else {
-            return Ok(Sniff::NeedMore);
-        };
-        pos += 1;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        if pos > 4 {
-            return Err(SniffError::BadLength);
-        }
-    }
-    let Some(name_len) = prefix.get(pos..pos + 2) else {
-        return Ok(Sniff::NeedMore);
-    };
-    let name_len = usize::from(u16::from_be_bytes([name_len[0], name_len[1]]));
-    pos += 2;
-    let Some(name) = prefix.get(pos..pos + name_len) else {
-        return if name_len > 6 { Err(SniffError::BadProtocolName) } else { Ok(Sniff::NeedMore) };
-    };
-    if name != b"MQTT" && name != b"MQIsdp" {
-        return Err(SniffError::BadProtocolName);
-    }
-    match prefix.get(pos + name_len) {
-        Some(&level) => Ok(Sniff::Level(level)),
-        None => Ok(Sniff::NeedMore),
-    }
-}
+/// Client ids of the daemon's own processes, which nobody else may take (a persistent
+/// session under `smarthomed-processor` holds the commands queued for the processor).
+pub const RESERVED_CLIENT_PREFIX: &str = "smarthomed-";
 
 /// Where accepted connections go.
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +51,9 @@ pub struct FrontDoor {
     pub sniff_timeout: Duration,
     /// Terminate TLS with these before routing.
     pub tls: Option<Arc<Certificates>>,
+    pub logins: Arc<LoginGate>,
+    /// Whether every client must log in (once accounts exist).
+    pub authenticate: bool,
 }
 
 impl FrontDoor {
@@ -126,6 +80,8 @@ impl FrontDoor {
             let sniff_timeout = self.sniff_timeout;
             let name = self.name;
             let tls = self.tls.as_ref().map(|certificates| certificates.acceptor());
+            let admission =
+                Admission { logins: self.logins.clone(), authenticate: self.authenticate, peer, listener: name };
             let shutdown = shutdown.clone();
             metrics::counter!("smarthomed_broker_connections_total", "listener" => name).increment(1);
             let open = metrics::gauge!("smarthomed_broker_connections", "listener" => name);
@@ -135,7 +91,7 @@ impl FrontDoor {
                 let _counted = OpenConnection(open);
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    result = accept(stream, name, tls, route, sniff_timeout) => {
+                    result = accept(stream, admission, tls, route, sniff_timeout) => {
                         if let Err(err) = result {
                             debug!(listener = name, %peer, "connection ended: {err}");
                         }
@@ -165,44 +121,102 @@ enum SpliceError {
     HandshakeTimeout,
     #[error("TLS handshake failed: {0}")]
     Handshake(std::io::Error),
+    #[error("the WebSocket upgrade request is larger than 8 KiB")]
+    HeadTooLarge,
     #[error(transparent)]
-    Sniff(#[from] SniffError),
+    Connect(#[from] connect::ConnectError),
 }
 
 async fn accept(
     client: TcpStream,
-    listener: &'static str,
+    admission: Admission,
     tls: Option<tokio_rustls::TlsAcceptor>,
     route: Route,
     sniff_timeout: Duration,
 ) -> Result<(), SpliceError> {
     client.set_nodelay(true)?;
     let Some(acceptor) = tls else {
-        return splice(client, listener, route, sniff_timeout).await;
+        return splice(client, admission, route, sniff_timeout).await;
     };
     let client = tokio::time::timeout(sniff_timeout, acceptor.accept(client))
         .await
         .map_err(|_| SpliceError::HandshakeTimeout)?
         .map_err(SpliceError::Handshake)?;
-    splice(client, listener, route, sniff_timeout).await
+    splice(client, admission, route, sniff_timeout).await
+}
+
+/// What decides whether a CONNECT goes on to rumqttd.
+struct Admission {
+    logins: Arc<LoginGate>,
+    authenticate: bool,
+    peer: SocketAddr,
+    listener: &'static str,
+}
+
+impl Admission {
+    /// The CONNECT to forward, or why the client is refused. The daemon's client ids
+    /// (`smarthomed-...`) are for its own processes, which must log in as such; a
+    /// checked password is replaced by the gate's token; keep alive 0 (off), which
+    /// rumqttd does not take, becomes the longest keep alive there is.
+    async fn admit(&self, mut connect: Connect) -> Result<Connect, Refusal> {
+        let internal = connect.username.as_deref() == Some(INTERNAL_MQTT_USER);
+        if connect.client_id.starts_with(RESERVED_CLIENT_PREFIX) && !internal {
+            return Err(Refusal::NotAuthorized);
+        }
+        if self.authenticate || internal {
+            let Some(user) = connect.username.as_deref() else { return Err(Refusal::NotAuthorized) };
+            let password = connect.password.as_deref().unwrap_or_default();
+            match self.logins.verify(user, password, Some(self.peer.ip())).await {
+                Verdict::Accepted => connect.password = Some(self.logins.token().as_bytes().to_vec()),
+                Verdict::BadCredentials => return Err(Refusal::BadCredentials),
+                Verdict::Busy => return Err(Refusal::ServerBusy),
+            }
+        }
+        if connect.keep_alive == 0 {
+            connect.keep_alive = u16::MAX;
+        }
+        Ok(connect)
+    }
 }
 
 async fn splice<S>(
     mut client: S,
-    listener: &'static str,
+    admission: Admission,
     route: Route,
     sniff_timeout: Duration,
 ) -> Result<(), SpliceError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let listener = admission.listener;
     let (backend_addr, prefix) = match route {
-        Route::Fixed(addr) => (addr, Vec::new()),
-        Route::ByVersion { v4, v5 } => {
-            let (level, prefix) = tokio::time::timeout(sniff_timeout, read_level(&mut client))
+        Route::Fixed(addr) => {
+            // The WebSocket upgrade request must come within the connect timeout too.
+            let head = tokio::time::timeout(sniff_timeout, read_http_head(&mut client))
                 .await
                 .map_err(|_| SpliceError::Timeout)??;
-            (if level == 5 { v5 } else { v4 }, prefix)
+            (addr, head)
+        }
+        Route::ByVersion { v4, v5 } => {
+            let packet = tokio::time::timeout(sniff_timeout, read_connect(&mut client))
+                .await
+                .map_err(|_| SpliceError::Timeout)??;
+            let connect = connect::parse(&packet)?;
+            let (level, client_id, user) = (connect.level, connect.client_id.clone(), connect.username.clone());
+            let peer = admission.peer;
+            match admission.admit(connect).await {
+                Ok(connect) => {
+                    info!(listener, %peer, client_id, user, level, "MQTT client connecting");
+                    (if level == 5 { v5 } else { v4 }, connect.encode())
+                }
+                Err(refusal) => {
+                    info!(listener, %peer, client_id, user, "refused MQTT connection: {}", refusal.describe());
+                    metrics::counter!("smarthomed_broker_refused_total", "listener" => listener).increment(1);
+                    client.write_all(&connect::connack(level, refusal)).await?;
+                    client.flush().await?;
+                    return client.shutdown().await.map_err(SpliceError::Io);
+                }
+            }
         }
     };
     let mut backend = TcpStream::connect(backend_addr).await?;
@@ -279,69 +293,50 @@ impl Tally {
     }
 }
 
-async fn read_level(client: &mut (impl AsyncRead + Unpin)) -> Result<(u8, Vec<u8>), SpliceError> {
-    let mut prefix = Vec::with_capacity(MAX_SNIFF_BYTES);
-    let mut buf = [0u8; MAX_SNIFF_BYTES];
+/// Reads the first packet, which must be a whole CONNECT of at most
+/// [`connect::MAX_CONNECT_BYTES`].
+async fn read_connect(client: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, SpliceError> {
+    let mut packet = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
     loop {
-        let wanted = MAX_SNIFF_BYTES - prefix.len();
-        let read = client.read(&mut buf[..wanted]).await?;
-        if read == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-        }
-        prefix.extend_from_slice(&buf[..read]);
-        if let Sniff::Level(level) = protocol_level(&prefix)? {
-            return Ok((level, prefix));
-        }
-        if prefix.len() >= MAX_SNIFF_BYTES {
-            return Err(SniffError::BadProtocolName.into());
+        if let Some(total) = connect::packet_len(&packet)? {
+            if packet.len() >= total {
+                return Ok(packet);
+            }
+            // Never past the CONNECT: a client may send its next packets right behind it.
+            let wanted = (total - packet.len()).min(buf.len());
+            let read = client.read(&mut buf[..wanted]).await?;
+            if read == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            packet.extend_from_slice(&buf[..read]);
+        } else {
+            // Byte by byte until the length is known, so nothing past the CONNECT is read.
+            let read = client.read(&mut buf[..1]).await?;
+            if read == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            packet.push(buf[0]);
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn connect_prefix(name: &[u8], level: u8) -> Vec<u8> {
-        let mut packet = vec![0x10, 0x20];
-        packet.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        packet.extend_from_slice(name);
-        packet.push(level);
-        packet.extend_from_slice(&[0x02, 0x00, 0x3c]);
-        packet
-    }
-
-    #[test]
-    fn reads_the_level_of_mqtt_311_5_and_31() {
-        assert_eq!(protocol_level(&connect_prefix(b"MQTT", 4)), Ok(Sniff::Level(4)));
-        assert_eq!(protocol_level(&connect_prefix(b"MQTT", 5)), Ok(Sniff::Level(5)));
-        assert_eq!(protocol_level(&connect_prefix(b"MQIsdp", 3)), Ok(Sniff::Level(3)));
-    }
-
-    #[test]
-    fn every_truncation_asks_for_more() {
-        let packet = connect_prefix(b"MQTT", 5);
-        for len in 0..9 {
-            assert_eq!(protocol_level(&packet[..len]), Ok(Sniff::NeedMore), "len {len}");
+/// Reads an HTTP request head (up to the blank line), at most 8 KiB.
+async fn read_http_head(client: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, SpliceError> {
+    const MAX_HEAD: usize = 8 * 1024;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    loop {
+        let read = client.read(&mut buf).await?;
+        if read == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
-    }
-
-    #[test]
-    fn multi_byte_remaining_length() {
-        let mut packet = vec![0x10, 0x80, 0x01];
-        packet.extend_from_slice(&[0x00, 0x04]);
-        packet.extend_from_slice(b"MQTT");
-        packet.push(5);
-        assert_eq!(protocol_level(&packet), Ok(Sniff::Level(5)));
-    }
-
-    #[test]
-    fn rejects_what_is_not_a_connect() {
-        assert_eq!(protocol_level(b"GET / HTTP/1.1"), Err(SniffError::NotConnect(b'G')));
-        assert_eq!(protocol_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]), Err(SniffError::BadLength));
-        assert_eq!(protocol_level(&connect_prefix(b"XQTT", 4)), Err(SniffError::BadProtocolName));
-        let mut long_name = vec![0x10, 0x20, 0x00, 0x40];
-        long_name.extend_from_slice(b"MQ");
-        assert_eq!(protocol_level(&long_name), Err(SniffError::BadProtocolName));
+        head.extend_from_slice(&buf[..read]);
+        if head.windows(4).any(|window| window == b"\r\n\r\n") {
+            return Ok(head);
+        }
+        if head.len() > MAX_HEAD {
+            return Err(SpliceError::HeadTooLarge);
+        }
     }
 }

@@ -3,11 +3,13 @@
 //! `rumqttd::Broker::start` blocks its thread forever, which is why the broker is a
 //! process of its own. Its listeners are bound to loopback ports chosen at start;
 //! only the front door faces clients. Accounts come from `broker.users` (Argon2
-//! hashes); the daemon's own processes log in as [`INTERNAL_MQTT_USER`] with a
+//! hashes, checked by [`login`]); the daemon's own processes log in as `smarthomed` with a
 //! password the supervisor makes up at each start and hands to its children.
 
 pub mod certificates;
+pub mod connect;
 pub mod front_door;
+pub mod login;
 pub mod packet_counter;
 pub mod password;
 
@@ -23,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Anonymous, BrokerConfig, BrokerUser, Config, INTERNAL_MQTT_USER, Secret};
+use crate::config::{Anonymous, BrokerConfig, Config, Secret};
 use front_door::{FrontDoor, Route};
+use login::{Accounts, LoginGate, Verdict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -38,27 +41,6 @@ pub enum BrokerError {
     RouterStopped(String),
     #[error(transparent)]
     Certificates(#[from] certificates::CertificateError),
-}
-
-/// The accounts of `broker.users` by name, replaced whole when the config is reloaded.
-#[derive(Clone, Default)]
-struct Accounts(Arc<std::sync::RwLock<Arc<HashMap<String, Secret>>>>);
-
-impl Accounts {
-    fn new(users: &[BrokerUser]) -> Self {
-        let accounts = Self::default();
-        accounts.replace(users);
-        accounts
-    }
-
-    fn replace(&self, users: &[BrokerUser]) {
-        let by_name = users.iter().map(|user| (user.name.clone(), user.password_hash.clone())).collect();
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(by_name);
-    }
-
-    fn current(&self) -> Arc<HashMap<String, Secret>> {
-        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    }
 }
 
 /// Runs the broker until `shutdown` is cancelled or the router dies; on a reload, takes
@@ -89,7 +71,8 @@ pub async fn run(
         .into_iter()
         .all(|public| !anonymous_allowed(config.anonymous, !config.users.is_empty(), public));
     let mut users_now = config.users.clone();
-    let router_config = router_config(config, &internal, &accounts, internal_password);
+    let logins = Arc::new(LoginGate::new(accounts.clone(), internal_password));
+    let router_config = router_config(config, &internal, &logins);
     let (router_done_tx, mut router_done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("mqtt-router".into())
@@ -116,6 +99,8 @@ pub async fn run(
         connections: connections.clone(),
         sniff_timeout,
         tls: tls.cloned(),
+        logins: logins.clone(),
+        authenticate: authenticating,
     };
     let mut doors = vec![door("mqtt", tcp, by_version, None), door("websocket", ws, Route::Fixed(internal.ws), None)];
     doors.extend(tls.map(|listener| door("mqtts", listener, by_version, certificates.as_ref())));
@@ -210,12 +195,7 @@ impl InternalPorts {
     }
 }
 
-fn router_config(
-    config: &BrokerConfig,
-    internal: &InternalPorts,
-    accounts: &Accounts,
-    internal_password: Option<Secret>,
-) -> rumqttd::Config {
+fn router_config(config: &BrokerConfig, internal: &InternalPorts, logins: &Arc<LoginGate>) -> rumqttd::Config {
     let server = |name: &str, listen: SocketAddr, public: SocketAddr| {
         let mut settings = ServerSettings {
             name: name.into(),
@@ -232,12 +212,15 @@ fn router_config(
             },
         };
         if !anonymous_allowed(config.anonymous, !config.users.is_empty(), public) {
-            let accounts = accounts.clone();
-            let internal_password = internal_password.clone();
+            let logins = logins.clone();
+            // Behind the front door the password is its token; WebSocket clients'
+            // logins are checked here, through the same gate.
             settings.set_auth_handler(move |_client_id, user: String, pass: String| {
-                let accounts = accounts.clone();
-                let internal_password = internal_password.clone();
-                async move { check_login(&accounts.current(), internal_password.as_ref(), user, pass).await }
+                let logins = logins.clone();
+                async move {
+                    logins.is_token(pass.as_bytes())
+                        || logins.verify(&user, pass.as_bytes(), None).await == Verdict::Accepted
+                }
             });
         }
         (name.to_string(), settings)
@@ -273,29 +256,6 @@ fn anonymous_allowed(anonymous: Anonymous, has_accounts: bool, public: SocketAdd
     }
 }
 
-async fn check_login(
-    accounts: &HashMap<String, Secret>,
-    internal_password: Option<&Secret>,
-    user: String,
-    pass: String,
-) -> bool {
-    if user == INTERNAL_MQTT_USER {
-        return internal_password.is_some_and(|expected| {
-            use subtle::ConstantTimeEq;
-            bool::from(expected.expose().as_bytes().ct_eq(pass.as_bytes()))
-        });
-    }
-    let Some(hash) = accounts.get(&user).cloned() else {
-        info!(user, "refused MQTT login: no such account");
-        return false;
-    };
-    let accepted = tokio::task::spawn_blocking(move || password::verify(&pass, hash.expose())).await.unwrap_or(false);
-    if !accepted {
-        info!(user, "refused MQTT login: wrong password");
-    }
-    accepted
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,18 +276,5 @@ mod tests {
     fn accounts_switch_anonymous_access_off_everywhere() {
         let loopback: SocketAddr = "127.0.0.1:1883".parse().unwrap();
         assert!(!anonymous_allowed(Anonymous::Loopback, true, loopback));
-    }
-
-    #[tokio::test]
-    async fn logins_are_checked_against_hashes_and_the_internal_password() {
-        let accounts = HashMap::from([("esp32".to_string(), Secret::new(password::hash("s3cret").unwrap()))]);
-        let internal = Secret::new("internal-pw");
-        let login = |user: &str, pass: &str| check_login(&accounts, Some(&internal), user.into(), pass.into());
-        assert!(login("esp32", "s3cret").await);
-        assert!(!login("esp32", "wrong").await);
-        assert!(!login("nobody", "s3cret").await);
-        assert!(login(INTERNAL_MQTT_USER, "internal-pw").await);
-        assert!(!login(INTERNAL_MQTT_USER, "s3cret").await);
-        assert!(!check_login(&accounts, None, INTERNAL_MQTT_USER.into(), String::new()).await);
     }
 }

@@ -38,11 +38,41 @@ pub fn check_hash_format(hash: &str) -> Result<(), PasswordError> {
 
 /// Constant-time check of `password` against a stored hash. CPU-heavy by design:
 /// call it off the async executor.
-pub fn verify(password: &str, hash: &str) -> bool {
+pub fn verify(password: &[u8], hash: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
         Err(_) => false,
     }
+}
+
+/// As [`verify`], in `memory` (grown to what the hash's parameters need and kept by
+/// the caller), so that a verification allocates nothing: what the broker's verifier
+/// threads use, keeping its memory flat whatever the number of logins.
+pub fn verify_in(password: &[u8], hash: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else { return false };
+    let version = match parsed.version {
+        Some(version) => match argon2::Version::try_from(version) {
+            Ok(version) => version,
+            Err(_) => return false,
+        },
+        None => argon2::Version::default(),
+    };
+    let Ok(params) = argon2::Params::try_from(&parsed) else { return false };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else { return false };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
+    }
+    let mut output = vec![0u8; expected.len()];
+    let hasher = Argon2::new(algorithm, version, params);
+    if hasher.hash_password_into_with_memory(password, salt, &mut output, &mut memory[..blocks]).is_err() {
+        return false;
+    }
+    bool::from(output.as_slice().ct_eq(expected.as_bytes()))
 }
 
 #[cfg(test)]
@@ -54,9 +84,21 @@ mod tests {
         let stored = hash("correct horse").unwrap();
         assert!(stored.starts_with("$argon2id$"));
         check_hash_format(&stored).unwrap();
-        assert!(verify("correct horse", &stored));
-        assert!(!verify("correct horsf", &stored));
-        assert!(!verify("", &stored));
+        assert!(verify(b"correct horse", &stored));
+        assert!(!verify(b"correct horsf", &stored));
+        assert!(!verify(b"", &stored));
+    }
+
+    #[test]
+    fn verifying_in_kept_memory_agrees_with_verify() {
+        let stored = hash("correct horse").unwrap();
+        let mut memory = Vec::new();
+        assert!(verify_in(b"correct horse", &stored, &mut memory));
+        let kept = memory.len();
+        assert!(!verify_in(b"correct horsf", &stored, &mut memory));
+        assert_eq!(memory.len(), kept, "the memory is reused, not grown");
+        assert!(!verify_in(b"x", "hunter2", &mut memory));
+        assert!(!verify_in(b"x", "$pbkdf2-sha256$i=1000$c2FsdA$aGFzaA", &mut memory));
     }
 
     #[test]
@@ -68,7 +110,7 @@ mod tests {
     fn plain_text_and_foreign_hashes_are_rejected() {
         assert!(check_hash_format("hunter2").is_err());
         assert!(check_hash_format("$pbkdf2-sha256$i=1000$c2FsdA$aGFzaA").is_err());
-        assert!(!verify("hunter2", "hunter2"));
+        assert!(!verify(b"hunter2", "hunter2"));
     }
 
     #[test]

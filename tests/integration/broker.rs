@@ -241,3 +241,87 @@ async fn tls_and_wss_listeners_serve_a_certificate_renewed_on_disk_without_a_res
     assert!(matches!(closed, Ok(0) | Err(_)));
     assert!(!daemon.log().contains("PRIVATE KEY"));
 }
+
+/// Sends `connect` on a raw TCP connection and returns the CONNACK's return code
+/// (3.1.1) or reason code (5), or None when the connection closed without one.
+async fn connack_code(port: u16, connect: &smarthomed::broker::connect::Connect) -> Option<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream.write_all(&connect.encode()).await.ok()?;
+    let mut header = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut header)).await.ok()?.ok()?;
+    assert_eq!(header[0], 0x20, "not a CONNACK: {header:?}");
+    Some(header[3])
+}
+
+fn raw_connect(level: u8, client_id: &str, login: Option<(&str, &str)>) -> smarthomed::broker::connect::Connect {
+    smarthomed::broker::connect::Connect {
+        protocol_name: b"MQTT".to_vec(),
+        level,
+        flags: 0x02,
+        keep_alive: 0,
+        properties: Vec::new(),
+        client_id: client_id.into(),
+        will: None,
+        username: login.map(|(user, _)| user.to_owned()),
+        password: login.map(|(_, pass)| pass.as_bytes().to_vec()),
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_0_is_taken_and_every_refusal_carries_its_reason_code() {
+    let broker = format!("[[broker.users]]\nname = \"esp32\"\npassword_hash = \"{}\"\n", password_hash("right"));
+    let daemon = Daemon::start("broker", &broker, "");
+    let port = daemon.mqtt_port;
+    common::wait_for_async(Duration::from_secs(20), "the broker", || async move {
+        connack_code(port, &raw_connect(4, "probe", Some(("esp32", "right")))).await
+    })
+    .await;
+    for (level, login, client_id, expected, why) in [
+        (4, Some(("esp32", "right")), "esp32", 0x00, "keep alive 0, 3.1.1"),
+        (5, Some(("esp32", "right")), "esp32-v5", 0x00, "keep alive 0, 5"),
+        (4, Some(("esp32", "wrong")), "esp32", 0x04, "wrong password, 3.1.1"),
+        (5, Some(("esp32", "wrong")), "esp32", 0x86, "wrong password, 5"),
+        (4, Some(("nobody", "right")), "x", 0x04, "unknown user"),
+        (4, None, "anon", 0x05, "anonymous, 3.1.1"),
+        (5, None, "anon", 0x87, "anonymous, 5"),
+        (4, Some(("esp32", "right")), "smarthomed-processor", 0x05, "the processor's client id"),
+        (5, Some(("smarthomed", "guess")), "smarthomed-processor", 0x86, "the internal user, guessed"),
+    ] {
+        let code = connack_code(port, &raw_connect(level, client_id, login)).await;
+        assert_eq!(code, Some(expected), "{why}");
+    }
+    let log = daemon.log();
+    assert!(log.contains("refused MQTT connection") && log.contains("127.0.0.1:"), "{log}");
+    assert!(log.contains("smarthomed-processor") && !log.contains("right"), "{log}");
+}
+
+#[tokio::test]
+async fn a_flood_of_wrong_passwords_keeps_memory_flat_and_makes_the_flooder_wait() {
+    let broker = format!("[[broker.users]]\nname = \"esp32\"\npassword_hash = \"{}\"\n", password_hash("right"));
+    let daemon = Daemon::start("broker", &broker, "");
+    let port = daemon.mqtt_port;
+    common::wait_for_async(Duration::from_secs(20), "the broker", || async move {
+        connack_code(port, &raw_connect(4, "probe", Some(("esp32", "right")))).await
+    })
+    .await;
+    let before = common::rss_kib(daemon.pid());
+    let attempts: Vec<_> = (0..200)
+        .map(|n| {
+            tokio::spawn(async move {
+                connack_code(port, &raw_connect(4, &format!("guess-{n}"), Some(("esp32", "wrong")))).await
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for attempt in attempts {
+        codes.push(attempt.await.unwrap());
+    }
+    let after = common::rss_kib(daemon.pid());
+    println!("broker resident memory: {} KiB before 200 concurrent wrong passwords, {} KiB after", before, after);
+    assert!(codes.iter().all(|code| matches!(code, Some(0x04) | Some(0x03))), "{codes:?}");
+    assert!(codes.contains(&Some(0x03)), "the flooding address was never told to wait");
+    assert!(after < before + 100 * 1024, "{before} KiB -> {after} KiB");
+    // The address that flooded waits out the window, even with the right password.
+    assert_eq!(connack_code(port, &raw_connect(4, "late", Some(("esp32", "right")))).await, Some(0x03));
+}

@@ -400,3 +400,16 @@ pub async fn expect_messages(
     assert!(outcome.is_ok(), "within 15 s, of {wanted:?} only these arrived: {found:?}");
     found.into_iter().flatten().collect()
 }
+
+/// The resident memory of a process, in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
