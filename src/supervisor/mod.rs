@@ -70,6 +70,13 @@ fn startup_check(config: &Config) -> Result<(), String> {
     if config.store.backend == Backend::Embedded {
         crate::store::embedded::check(&config.store.dir).map_err(|err| format!("the store cannot be used: {err}"))?;
     }
+    // A port another program holds would leave the broker child crash-looping while the
+    // other children talk to whatever broker owns the port.
+    if config.broker.embedded {
+        for (key, addr) in config.broker.listeners() {
+            std::net::TcpListener::bind(addr).map_err(|err| format!("cannot listen on {key} = {addr}: {err}"))?;
+        }
+    }
     check_named_files(config)
 }
 

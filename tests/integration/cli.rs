@@ -324,3 +324,21 @@ fn status_without_a_running_daemon_says_where_it_looked() {
     let error = text(&output.stderr);
     assert!(error.contains("not running") && error.contains("smarthomed.sock"), "{error}");
 }
+
+#[test]
+fn a_taken_broker_port_stops_the_daemon_before_any_child_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(&format!(
+        "[broker]\nlisten = \"127.0.0.1:{port}\"\nws_listen = \"127.0.0.1:{}\"\n[store]\ndir = \"{}\"\n",
+        common::free_port(),
+        dir.path().join("data").display()
+    ));
+    let output = smarthomed(&["run", "-c", file.path().to_str().unwrap()]);
+    // 2, a startup error; not 3, the restart limit of a crash-looping broker child.
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let log = text(&output.stderr);
+    assert!(log.contains("broker.listen") && log.contains(&port.to_string()), "{log}");
+    assert!(!log.contains("pid="), "a child was started: {log}");
+}
