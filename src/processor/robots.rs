@@ -121,9 +121,11 @@ impl<S: DocumentStore> Desk<S> {
                 () = shutdown.cancelled() => break,
                 Some(publish) = incoming.recv() => {
                     let effects = self.on_message(&mut fleet, &publish);
-                    // Handled in memory and in order: acknowledged right away.
+                    self.carry_out(effects, &saves).await;
+                    // Acknowledged once what it caused is queued (an e-stop's latch
+                    // first): a crash before this has it delivered again.
                     self.acker.ack(&publish).await;
-                    effects
+                    continue;
                 }
                 Some(ask) = asks.recv() => {
                     let (effects, answer) = match on_call(&mut fleet, ask.call) {

@@ -106,8 +106,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
     let (new_destinations, destinations) = mpsc::channel(1);
     tasks.spawn(alert::slack::run(destination, destinations, alert_queue, coalescer, alerts_stop.clone()));
 
-    // Before anything touches the store: a second daemon on it stops here.
-    let status_socket = status::bind(&config.store.dir).await?;
+    // Before anything touches the store: a second daemon on it stops here. A socket
+    // that cannot be made (a store.dir path too long for one) only costs `status`.
+    let status_socket = match status::bind(&config.store.dir).await {
+        Ok(listener) => Some(listener),
+        Err(err @ status::StatusError::AlreadyRunning(_)) => return Err(err.into()),
+        Err(err) => {
+            warn!("smarthomed status will not answer: {err}");
+            None
+        }
+    };
     // A lost or damaged store, or a certificate the broker cannot use, stops the daemon
     // before any child could start on it (a child would only crash-loop).
     if let Err(why) = startup_check(&config) {
@@ -136,12 +144,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
         tasks.spawn(telemetry::serve(listener, own, alerter.clone(), children.clone(), fresh, alerts_stop.clone()));
         info!(%addr, "serving /metrics and /healthz");
     }
-    tasks.spawn(status::serve(
-        status_socket,
-        status::socket_path(&config.store.dir),
-        children.clone(),
-        alerts_stop.clone(),
-    ));
+    if let Some(listener) = status_socket {
+        let path = status::socket_path(&config.store.dir);
+        tasks.spawn(status::serve(listener, path, children.clone(), alerts_stop.clone()));
+    }
 
     let launcher = Arc::new(Launcher {
         exe: std::env::current_exe().map_err(SupervisorError::Exe)?,

@@ -72,6 +72,7 @@ pub async fn serve(listener: UnixListener, path: PathBuf, children: Children, sh
             Ok((stream, _)) => stream,
             Err(err) => {
                 warn!("status socket: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
