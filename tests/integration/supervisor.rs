@@ -79,13 +79,18 @@ async fn children_do_not_outlive_a_killed_supervisor() {
 #[tokio::test]
 async fn a_crash_loop_hits_the_restart_limit_and_alerts_once() {
     let slack = SlackServer::start().await;
-    // The broker cannot bind its WebSocket port, so it exits at every start.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let ws_port = taken.local_addr().unwrap().port();
     let supervisor =
-        "[supervisor]\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\nrestart_limit = 3\nrestart_window_secs = 60\n";
-    let mut daemon =
-        Daemon::start_at("run", (common::free_port(), ws_port), "", &format!("{}{supervisor}", slack.config()), &[]);
+        "[supervisor]\nbackoff_initial_ms = 500\nbackoff_max_ms = 500\nrestart_limit = 3\nrestart_window_secs = 60\n";
+    let mut daemon = Daemon::start("run", "", &format!("{}{supervisor}", slack.config()));
+    let broker = daemon.wait_children(&ROLES).await["broker"];
+    // Once the daemon runs, another program takes the broker's WebSocket port: the
+    // restarted broker cannot bind it, so it exits at every start.
+    kill(Pid::from_raw(broker as i32), Signal::SIGKILL).unwrap();
+    let ws_port = daemon.ws_port;
+    let _taken = wait_for(Duration::from_secs(5), "the broker's port", || {
+        std::net::TcpListener::bind(("127.0.0.1", ws_port)).ok()
+    })
+    .await;
 
     let status = daemon.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(3), "log:\n{}", daemon.log());
