@@ -206,7 +206,7 @@ where
             let peer = admission.peer;
             match admission.admit(connect).await {
                 Ok(connect) => {
-                    info!(listener, %peer, client_id, user, level, "MQTT client connecting");
+                    info!(listener, %peer, client_id, user, protocol_level = level, "MQTT client connecting");
                     (if level == 5 { v5 } else { v4 }, connect.encode())
                 }
                 Err(refusal) => {

@@ -104,9 +104,8 @@ async fn a_crash_loop_hits_the_restart_limit_and_alerts_once() {
         "the coalesced copies are counted: {exit_alerts:#?}"
     );
     assert!(
-        exit_alerts[0].contains(&format!("127.0.0.1:{ws_port}")),
-        "the alert shows the child's last words: {}",
-        exit_alerts[0]
+        exit_alerts.iter().any(|text| text.contains(&format!("127.0.0.1:{ws_port}"))),
+        "an alert shows the child's last words: {exit_alerts:#?}"
     );
     for line in daemon.log().lines().filter(|line| line.contains("os error")) {
         assert_eq!(line.matches("os error").count(), 1, "a cause told twice: {line}");
