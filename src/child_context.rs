@@ -16,7 +16,10 @@ use tracing::info;
 use crate::alert::Alerter;
 use crate::config::{Config, Secret};
 use crate::control;
-use crate::mqtt::INTERNAL_PASSWORD_ENV;
+
+/// Environment variable through which the supervisor gives its children the password
+/// of the internal MQTT user (`smarthomed`) on the embedded broker.
+pub const INTERNAL_PASSWORD_ENV: &str = "SMARTHOMED_INTERNAL_MQTT_PASSWORD";
 
 /// Alerts a child may queue while its control pipe is busy.
 const ALERT_QUEUE: usize = 32;

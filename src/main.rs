@@ -470,7 +470,7 @@ fn init_logging() {
     // level and module, adding time and name: a newline in logged data (a schedule
     // title) stays inside its JSON string. journald stamps time itself.
     if is_child() {
-        builder.json().flatten_event(true).with_current_span(false).with_span_list(false).without_time().init();
+        builder.json().flatten_event(false).with_current_span(false).with_span_list(false).without_time().init();
     } else if std::env::var_os("JOURNAL_STREAM").is_some() {
         let format = tracing_subscriber::fmt::format().without_time();
         builder.with_ansi(false).event_format(JournalPriority(format)).init();

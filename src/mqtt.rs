@@ -32,10 +32,6 @@ use crate::alert::{Alert, Alerter};
 use crate::backoff::Backoff;
 use crate::config::{Config, INTERNAL_MQTT_USER, Secret};
 
-/// Environment variable through which the supervisor gives its children the password
-/// of [`INTERNAL_MQTT_USER`] on the embedded broker.
-pub const INTERNAL_PASSWORD_ENV: &str = "SMARTHOMED_INTERNAL_MQTT_PASSWORD";
-
 /// Room for requests (publishes, acknowledgements) queued by handlers.
 const CLIENT_QUEUE: usize = 256;
 /// Messages that may wait beside a full incoming queue before QoS 0 ones are dropped.

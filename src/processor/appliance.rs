@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use super::STATE_COLLECTION;
 use super::alarms;
 use super::recommendation::{self, Inputs};
 use super::texts;
@@ -28,7 +29,6 @@ use crate::schedule::model;
 use crate::store::{DocumentStore, StoreError};
 
 /// Where the processor keeps what it must remember across restarts.
-const STATE_COLLECTION: &str = "smarthomed_state";
 const STATE_DOCUMENT: &str = "appliance";
 
 pub enum ApplianceInput {

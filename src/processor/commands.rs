@@ -71,9 +71,11 @@ fn robot_call(producer: &str, request: &Request) -> Option<Call> {
 }
 
 /// A failure that is the daemon's, not the sender's: it is also alerted.
-fn store_failure(err: &StoreError) -> Rejection {
-    metrics::counter!("smarthomed_processor_store_errors_total").increment(1);
-    Rejection::new("store_error", format!("the store failed: {err}"))
+impl From<StoreError> for Rejection {
+    fn from(err: StoreError) -> Self {
+        metrics::counter!("smarthomed_processor_store_errors_total").increment(1);
+        Rejection::new("store_error", format!("the store failed: {err}"))
+    }
 }
 
 impl<S: DocumentStore> Handlers<S> {
@@ -171,12 +173,12 @@ impl<S: DocumentStore> Handlers<S> {
             Request::Signup { uid, name } => {
                 let mut user = serde_json::Map::new();
                 user.insert("name".into(), Value::String(name.clone()));
-                self.store.set(USERS, uid, user).await.map_err(|err| store_failure(&err))?;
+                self.store.set(USERS, uid, user).await?;
                 info!(producer, uid, "signed up");
                 Ok(())
             }
             Request::Signin { uid } => {
-                let Some(mut user) = self.store.get(USERS, uid).await.map_err(|err| store_failure(&err))? else {
+                let Some(mut user) = self.store.get(USERS, uid).await? else {
                     return Err(Rejection::new("unknown_user", format!("no user with UID {uid}")));
                 };
                 user.insert("Producer".into(), json!("server"));
@@ -196,8 +198,7 @@ impl<S: DocumentStore> Handlers<S> {
             }
             Request::ScheduleAdd(schedule) | Request::ScheduleUpdate(schedule) => {
                 let adding = matches!(command.request, Request::ScheduleAdd(_));
-                let exists =
-                    self.store.get(SCHEDULES, &schedule.title).await.map_err(|err| store_failure(&err))?.is_some();
+                let exists = self.store.get(SCHEDULES, &schedule.title).await?.is_some();
                 match (adding, exists) {
                     (true, true) => {
                         return Err(Rejection::new(
@@ -211,16 +212,13 @@ impl<S: DocumentStore> Handlers<S> {
                     _ => {}
                 }
                 let document = schedule.to_document();
-                self.store
-                    .set(SCHEDULES, &schedule.title, document.clone())
-                    .await
-                    .map_err(|err| store_failure(&err))?;
+                self.store.set(SCHEDULES, &schedule.title, document.clone()).await?;
                 let done = if adding { "schedule_added" } else { "schedule_updated" };
                 info!(producer, title = schedule.title, "{done}");
                 self.reply(producer, json!({"command": done, "schedule": document})).await
             }
             Request::ScheduleDelete { title } => {
-                if !self.store.delete(SCHEDULES, title).await.map_err(|err| store_failure(&err))? {
+                if !self.store.delete(SCHEDULES, title).await? {
                     return Err(Rejection::new("not_found", format!("no schedule titled {title:?}")));
                 }
                 info!(producer, title, "schedule_deleted");
@@ -242,7 +240,7 @@ impl<S: DocumentStore> Handlers<S> {
                     (false, Some(id)) => id,
                 };
                 let document = mode.to_document();
-                self.store.set(MODES, &id, document.clone()).await.map_err(|err| store_failure(&err))?;
+                self.store.set(MODES, &id, document.clone()).await?;
                 let done = if adding { "mode_added" } else { "mode_updated" };
                 info!(producer, number = mode.number, "{done}");
                 self.reply(producer, json!({"command": done, "mode": document})).await
@@ -251,7 +249,7 @@ impl<S: DocumentStore> Handlers<S> {
                 let Some(id) = self.mode_id(*number).await? else {
                     return Err(Rejection::new("not_found", format!("no mode {number}")));
                 };
-                self.store.delete(MODES, &id).await.map_err(|err| store_failure(&err))?;
+                self.store.delete(MODES, &id).await?;
                 info!(producer, number, "mode_deleted");
                 self.reply(producer, json!({"command": "mode_deleted", "modeNum": number})).await
             }
@@ -260,13 +258,13 @@ impl<S: DocumentStore> Handlers<S> {
 
     /// The stored documents of `collection`, as a JSON array.
     async fn documents(&self, collection: &str) -> Result<Vec<Value>, Rejection> {
-        let documents = self.store.list(collection).await.map_err(|err| store_failure(&err))?;
+        let documents = self.store.list(collection).await?;
         Ok(documents.into_iter().map(|(_, document)| Value::Object(document)).collect())
     }
 
     /// The id of the mode document with `modeNum` = `number`.
     async fn mode_id(&self, number: u8) -> Result<Option<String>, Rejection> {
-        let modes = self.store.list(MODES).await.map_err(|err| store_failure(&err))?;
+        let modes = self.store.list(MODES).await?;
         Ok(find_mode(modes, number).map(|(id, _)| id))
     }
 
@@ -309,7 +307,7 @@ impl<S: DocumentStore> Handlers<S> {
                 Ok(Some(user)) => user.get("name").and_then(Value::as_str).unwrap_or("fail").to_string(),
                 Ok(None) => "fail".to_string(),
                 Err(StoreError::InvalidName { .. }) => "fail".to_string(),
-                Err(err) => return Err(store_failure(&err)),
+                Err(err) => return Err(err.into()),
             }
         };
         let reply = json!({"Producer": "server", "command": "return_facer", "result": result, "name": name});

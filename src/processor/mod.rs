@@ -50,6 +50,8 @@ use appliance::ApplianceInput;
 use commands::Handlers;
 
 pub const ROLE: &str = "processor";
+/// The processor's own records: the last appliance state, how far schedules were run.
+pub const STATE_COLLECTION: &str = "smarthomed_state";
 /// A wait for a free handler longer than this counts as overload.
 const OVERLOAD_AFTER: Duration = Duration::from_secs(1);
 /// Past this many order keys, those whose last command is done are forgotten.

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::STATE_COLLECTION;
 use crate::alert::{Alert, Alerter};
 use crate::config::Config;
 use crate::protocol::appliance::State;
@@ -33,7 +34,6 @@ use crate::store::{Document, DocumentEvent, DocumentStore, StoreError};
 
 /// Handled occurrences: per schedule title, the local date of the last one.
 const RUNS: &str = "smarthomed_schedule_runs";
-const STATE: &str = "smarthomed_state";
 const CHECKED: &str = "schedule";
 /// How far back a restart looks for missed runs.
 const MAX_LOOKBACK_DAYS: i64 = 7;
@@ -280,7 +280,7 @@ impl<S: DocumentStore> Engine<S> {
 
     async fn load_checked(&self, grace: Duration) -> DateTime<Utc> {
         let now = clock::now();
-        let stored = match self.store.get(STATE, CHECKED).await {
+        let stored = match self.store.get(STATE_COLLECTION, CHECKED).await {
             Ok(stored) => stored,
             Err(err) => {
                 self.store_failed("cannot read where the schedule engine stopped", &err);
@@ -298,7 +298,9 @@ impl<S: DocumentStore> Engine<S> {
 
     async fn save_checked(&self, at: DateTime<Utc>) {
         let document = json!({"checked_until": at.to_rfc3339()});
-        if let Err(err) = self.store.set(STATE, CHECKED, document.as_object().cloned().unwrap_or_default()).await {
+        if let Err(err) =
+            self.store.set(STATE_COLLECTION, CHECKED, document.as_object().cloned().unwrap_or_default()).await
+        {
             self.store_failed("cannot store where the schedule engine is", &err);
         }
     }

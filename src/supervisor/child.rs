@@ -30,9 +30,9 @@ use tracing::{debug, error, info, trace, warn};
 
 use super::systemd::Notifier;
 use crate::alert::Alerter;
+use crate::child_context::INTERNAL_PASSWORD_ENV;
 use crate::config::{SECRET_SOURCES, Secret};
 use crate::control::{self, ControlMessage};
-use crate::mqtt::INTERNAL_PASSWORD_ENV;
 use crate::telemetry::Children;
 
 /// How long to wait for a dead child's last output to arrive through its pipes.
@@ -278,6 +278,11 @@ impl ChildLine {
             return raw();
         };
         let module = event.remove("target").and_then(|target| target.as_str().map(str::to_owned));
+        // An event's own fields are nested, so a field named `level` or `target` cannot
+        // pass for the line's.
+        if let Some(serde_json::Value::Object(fields)) = event.remove("fields") {
+            event = fields;
+        }
         let mut text = match event.remove("message") {
             Some(serde_json::Value::String(message)) => message,
             Some(other) => other.to_string(),
@@ -342,6 +347,15 @@ mod tests {
                 level: tracing::Level::ERROR,
                 module: Some("smarthomed::processor".into()),
                 text: r#"store failed n=3 uid="a\nERROR b""#.into(),
+            }
+        );
+        let nested = r#"{"level":"INFO","fields":{"message":"connecting","level":4},"target":"smarthomed::broker"}"#;
+        assert_eq!(
+            ChildLine::parse(nested),
+            ChildLine {
+                level: tracing::Level::INFO,
+                module: Some("smarthomed::broker".into()),
+                text: "connecting level=4".into()
             }
         );
         for raw in ["ERROR forged", "{\"level\":\"LOUD\"}", "[1,2]"] {
