@@ -212,8 +212,11 @@ async fn a_command_under_way_at_a_processor_restart_is_settled_by_the_robots_rep
     let record = smarthomed::store::DocumentStore::get(&store, "robot_commands", "chef:c-5").await.unwrap().unwrap();
     let history: Vec<&str> =
         record["history"].as_array().unwrap().iter().filter_map(|c| c["status"].as_str()).collect();
-    assert_eq!(history[..3], ["sent", "running", "unknown"]);
-    assert_eq!(history.last(), Some(&"finished"));
+    // "running" may not have reached the store before the kill: records are written
+    // behind the replies.
+    assert_eq!(history.first(), Some(&"sent"), "{history:?}");
+    assert!(history.contains(&"unknown"), "{history:?}");
+    assert_eq!(history.last(), Some(&"finished"), "{history:?}");
 }
 
 #[tokio::test]
