@@ -116,9 +116,58 @@ impl AlertQueue {
     }
 }
 
+/// One outage of something the daemon depends on (a store, a service, a connection):
+/// alerted once when it begins and once when it is over, however many failures and
+/// retries come between.
+pub struct Outage {
+    alerter: Alerter,
+    source: &'static str,
+    /// What went wrong first, while the outage lasts.
+    since: Option<String>,
+}
+
+impl Outage {
+    pub fn new(alerter: Alerter, source: &'static str) -> Self {
+        Self { alerter, source, since: None }
+    }
+
+    /// A failure: the first of an outage raises `title` with the error.
+    pub fn failed(&mut self, title: &str, error: &dyn std::fmt::Display) {
+        if self.since.is_none() {
+            let error = error.to_string();
+            self.alerter.raise(Alert::new(self.source, title, error.clone()));
+            self.since = Some(error);
+        }
+    }
+
+    /// A success: ends an outage, announcing `title` with what had gone wrong.
+    pub fn recovered(&mut self, title: &str) {
+        if let Some(problem) = self.since.take() {
+            self.alerter.announce(Alert::new(self.source, title, format!("after: {problem}")));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_outage_is_alerted_once_and_its_end_once() {
+        let (alerter, mut queue) = Alerter::channel(8);
+        let mut outage = Outage::new(alerter.clone(), "processor");
+        outage.recovered("back");
+        outage.failed("down", &"first error");
+        outage.failed("down", &"second error");
+        outage.recovered("back");
+        outage.recovered("back");
+        drop((alerter, outage));
+        let mut alerts = Vec::new();
+        while let Some(alert) = queue.recv().await {
+            alerts.push((alert.title, alert.detail));
+        }
+        assert_eq!(alerts, [("down".into(), "first error".into()), ("back".into(), "after: first error".into())]);
+    }
 
     #[tokio::test]
     async fn a_full_queue_drops_instead_of_blocking() {

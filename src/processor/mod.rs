@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::alert::Alert;
+use crate::alert::{Alert, Outage};
 use crate::backoff::Backoff;
 use crate::child_context::{ChildContext, rerun_on_reload};
 use crate::config::Backend;
@@ -88,7 +88,7 @@ async fn connect_firestore(
     let firebase = &context.config.firebase;
     let timeout = Duration::from_secs(firebase.timeout_secs);
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let mut alerted = false;
+    let mut outage = Outage::new(context.alerter.clone(), ROLE);
     // Read once: every attempt shares the key and its cached token.
     let tokens = if firebase.firestore_emulator_host.is_empty() {
         Some(Arc::new(ServiceAccountTokens::from_file(&firebase.credentials, FIRESTORE_SCOPES)?))
@@ -110,17 +110,13 @@ async fn connect_firestore(
         };
         match usable {
             Ok(store) => {
-                if alerted {
-                    context.alerter.announce(Alert::new(ROLE, "Firestore is reachable again", ""));
-                }
+                outage.recovered("Firestore is reachable again");
                 return Ok(Some(store));
             }
             Err(err) => {
                 let wait = retry.next_delay();
                 warn!(retry_in = ?wait, "cannot connect to Firestore: {err}");
-                if !std::mem::replace(&mut alerted, true) {
-                    context.alerter.raise(Alert::new(ROLE, "cannot connect to Firestore", err.to_string()));
-                }
+                outage.failed("cannot connect to Firestore", &err);
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(None),
                     () = tokio::time::sleep(wait) => {}

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::alert::{Alert, Alerter};
+use crate::alert::{Alert, Alerter, Outage};
 use crate::mqtt::Acker;
 use crate::processor::alarms;
 use crate::processor::texts::{self, Language};
@@ -274,7 +274,7 @@ async fn persist<S: DocumentStore>(
     language: Language,
     shutdown: CancellationToken,
 ) {
-    let mut alerted = false;
+    let mut outage = Outage::new(alerter, ROLE);
     let mut alarm_second = (0, ALARM_NTH_BASE);
     while let Some(save) = saves.recv().await {
         let mut retry =
@@ -303,17 +303,13 @@ async fn persist<S: DocumentStore>(
             };
             match result {
                 Ok(()) => {
-                    if std::mem::take(&mut alerted) {
-                        alerter.announce(Alert::new(ROLE, "robot records are written again", ""));
-                    }
+                    outage.recovered("robot records are written again");
                     break;
                 }
                 Err(err) => {
                     metrics::counter!("smarthomed_processor_store_errors_total").increment(1);
                     warn!("cannot write a robot record, retrying: {err}");
-                    if !std::mem::replace(&mut alerted, true) {
-                        alerter.raise(Alert::new(ROLE, "cannot write robot records", err.to_string()));
-                    }
+                    outage.failed("cannot write robot records", &err);
                     tokio::select! {
                         () = tokio::time::sleep(retry.next_delay()) => {}
                         () = shutdown.cancelled() => {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::alert::{Alert, Alerter};
+use crate::alert::{Alert, Alerter, Outage};
 use crate::backoff::Backoff;
 use crate::child_context::{ChildContext, rerun_on_reload};
 use crate::config::Backend;
@@ -222,7 +222,7 @@ async fn keep_weather<T: RealtimeTree>(
 ) {
     let interval = Duration::from_secs(config.weather.interval_secs);
     let mut retry = Backoff::new(Duration::from_millis(config.weather.retry_initial_ms), interval);
-    let mut outage: Option<String> = None;
+    let mut outage = Outage::new(alerter.clone(), ROLE);
     loop {
         let wait = match client.fetch().await {
             Ok((current, air_level)) => {
@@ -231,9 +231,7 @@ async fn keep_weather<T: RealtimeTree>(
                     Ok(()) => {
                         info!(icon = current.icon, air_level, "weather updated");
                         metrics::counter!("smarthomed_syncer_weather_updates_total", "outcome" => "ok").increment(1);
-                        if let Some(problem) = outage.take() {
-                            alerter.announce(Alert::new(ROLE, "the weather is back", format!("after: {problem}")));
-                        }
+                        outage.recovered("the weather is back");
                         retry.reset();
                         interval
                     }
@@ -251,10 +249,7 @@ async fn keep_weather<T: RealtimeTree>(
                 };
                 warn!(retry_in = ?wait, "weather update failed: {err}");
                 metrics::counter!("smarthomed_syncer_weather_updates_total", "outcome" => "failed").increment(1);
-                if outage.is_none() {
-                    alerter.raise(Alert::new(ROLE, "the weather cannot be updated", err.to_string()));
-                    outage = Some(err.to_string());
-                }
+                outage.failed("the weather cannot be updated", &err);
                 wait
             }
         };
