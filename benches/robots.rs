@@ -33,15 +33,6 @@ fn ms(duration: Duration) -> f64 {
 
 /// (resident KiB, CPU ticks) of a process.
 fn usage(pid: u32) -> (u64, u64) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0);
     let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -49,7 +40,7 @@ fn usage(pid: u32) -> (u64, u64) {
             Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
         })
         .unwrap_or(0);
-    (rss, ticks)
+    (common::rss_kib(pid), ticks)
 }
 
 fn robot(daemon: &Daemon, id: &str, kind: Kind, work: Duration, shutdown: &CancellationToken) {

@@ -57,18 +57,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::main]
 async fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
@@ -142,9 +130,9 @@ async fn measure(daemon: &Daemon, (sequential, pipelined, window): (usize, usize
     let mut children: Vec<_> = daemon.children().into_iter().collect();
     children.sort();
     for (role, pid) in children {
-        println!("  resident memory of {role}: {} KiB", rss_kib(pid));
+        println!("  resident memory of {role}: {} KiB", common::rss_kib(pid));
     }
-    println!("  resident memory of the supervisor: {} KiB", rss_kib(daemon.pid()));
+    println!("  resident memory of the supervisor: {} KiB", common::rss_kib(daemon.pid()));
 }
 
 fn ms(duration: Duration) -> f64 {

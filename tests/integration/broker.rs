@@ -268,8 +268,8 @@ fn raw_connect(level: u8, client_id: &str, login: Option<(&str, &str)>) -> smart
     }
 }
 
-#[tokio::test]
-async fn keep_alive_0_is_taken_and_every_refusal_carries_its_reason_code() {
+/// `smarthomed broker` with the account esp32 / right, accepting it.
+async fn broker_with_an_account() -> Daemon {
     let broker = format!("[[broker.users]]\nname = \"esp32\"\npassword_hash = \"{}\"\n", password_hash("right"));
     let daemon = Daemon::start("broker", &broker, "");
     let port = daemon.mqtt_port;
@@ -277,6 +277,13 @@ async fn keep_alive_0_is_taken_and_every_refusal_carries_its_reason_code() {
         connack_code(port, &raw_connect(4, "probe", Some(("esp32", "right")))).await
     })
     .await;
+    daemon
+}
+
+#[tokio::test]
+async fn keep_alive_0_is_taken_and_every_refusal_carries_its_reason_code() {
+    let daemon = broker_with_an_account().await;
+    let port = daemon.mqtt_port;
     for (level, login, client_id, expected, why) in [
         (4, Some(("esp32", "right")), "esp32", 0x00, "keep alive 0, 3.1.1"),
         (5, Some(("esp32", "right")), "esp32-v5", 0x00, "keep alive 0, 5"),
@@ -298,13 +305,8 @@ async fn keep_alive_0_is_taken_and_every_refusal_carries_its_reason_code() {
 
 #[tokio::test]
 async fn a_flood_of_wrong_passwords_keeps_memory_flat_and_makes_the_flooder_wait() {
-    let broker = format!("[[broker.users]]\nname = \"esp32\"\npassword_hash = \"{}\"\n", password_hash("right"));
-    let daemon = Daemon::start("broker", &broker, "");
+    let daemon = broker_with_an_account().await;
     let port = daemon.mqtt_port;
-    common::wait_for_async(Duration::from_secs(20), "the broker", || async move {
-        connack_code(port, &raw_connect(4, "probe", Some(("esp32", "right")))).await
-    })
-    .await;
     let before = common::rss_kib(daemon.pid());
     let attempts: Vec<_> = (0..200)
         .map(|n| {
