@@ -69,27 +69,7 @@ facer_command = ["echo", "eAMHGLmiBGO76PIQ54O9CpsqTb23"]
     let (app, mut app_loop) = connect(daemon.mqtt_port, "app", None).await.unwrap();
     tokio::spawn(async move { while app_loop.poll().await.is_ok() {} });
 
-    // The processor is listening once it answers a signin; what is published before
-    // it subscribes reaches no one, so the probe is repeated, each with its own UID.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    for attempt in 0.. {
-        let uid = format!("probe-{attempt}");
-        let probe = format!(r#"{{"Producer":"car","command":"signin","UID":"{uid}"}}"#);
-        app.publish("webos/server/info", QoS::AtLeastOnce, false, probe).await.unwrap();
-        let answered = tokio::time::timeout(Duration::from_millis(500), async {
-            while let Some((topic, payload, _)) = messages.recv().await {
-                if topic == "webos/car/error" && payload.contains(&uid) {
-                    return;
-                }
-            }
-        })
-        .await;
-        if answered.is_ok() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the processor never answered");
-    }
-    while messages.try_recv().is_ok() {}
+    common::app::wait_processor(&app, &mut messages).await;
 
     for (name, request, replies) in examples() {
         app.publish(&request.topic, QoS::AtLeastOnce, false, wire(&request.payload)).await.unwrap();

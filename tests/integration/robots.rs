@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 use common::app::{listen, next_json, publisher, send, wait_processor};
-use common::robots::{RobotSim, ask, command, estop_request, next_reply, next_status, register};
+use common::robots::{RobotSim, ask, command, estop_request, next_reply, next_status, register, register_with};
 use common::slack::SlackServer;
 use common::{Daemon, FAST_SUPERVISOR, wait_for};
 use serde_json::json;
@@ -186,9 +186,7 @@ async fn a_command_never_acknowledged_is_sent_once_more_then_expires() {
 async fn a_command_under_way_at_a_processor_restart_is_settled_by_the_robots_report() {
     let (daemon, app, mut replies) = started("").await;
     // The robot goes on with its work while the daemon is away (the default pauses it).
-    let mut registration = serde_json::from_str::<serde_json::Value>(&register(OWNER, "chef", "serving")).unwrap();
-    registration["onDaemonLost"] = json!("continue");
-    ask(&app, registration.to_string()).await;
+    ask(&app, register_with(OWNER, "chef", "serving", "continue")).await;
     next_reply(&mut replies, "robot_registered").await;
     let _robot = RobotSim::start(&daemon, "chef", "serving", 4_000, &[]);
     wait_status(&daemon, "chef", "link", json!("online")).await;
@@ -271,9 +269,7 @@ async fn a_robot_drops_a_cmd_past_its_expiry_or_of_an_older_estop_epoch() {
 #[tokio::test]
 async fn a_robot_does_what_its_owner_chose_when_the_daemon_is_lost_and_estops_are_alarms() {
     let (daemon, app, mut replies) = started("").await;
-    let mut registration = serde_json::from_str::<serde_json::Value>(&register(OWNER, "vac4", "vacuum")).unwrap();
-    registration["onDaemonLost"] = json!("stop");
-    ask(&app, registration.to_string()).await;
+    ask(&app, register_with(OWNER, "vac4", "vacuum", "stop")).await;
     next_reply(&mut replies, "robot_registered").await;
     let _robot = RobotSim::start(&daemon, "vac4", "vacuum", 60_000, &[]);
     wait_status(&daemon, "vac4", "onDaemonLost", json!("stop")).await;

@@ -56,6 +56,13 @@ pub fn register(uid: &str, robot: &str, kind: &str) -> String {
     .to_string()
 }
 
+/// As [`register`], with what the robot is to do when the daemon is lost.
+pub fn register_with(uid: &str, robot: &str, kind: &str, on_daemon_lost: &str) -> String {
+    let mut registration: Value = serde_json::from_str(&register(uid, robot, kind)).unwrap_or_default();
+    registration["onDaemonLost"] = json!(on_daemon_lost);
+    registration.to_string()
+}
+
 pub fn command(uid: &str, robot: &str, cmd_id: &str, action: &str) -> String {
     json!({"Producer": "android", "command": "robot_command", "UID": uid, "robot": robot, "cmdId": cmd_id,
            "action": action, "timestamp": chrono::Utc::now().to_rfc3339()})
