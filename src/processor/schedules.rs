@@ -149,9 +149,13 @@ impl<S: DocumentStore> Engine<S> {
         let mut checked = self.load_checked(grace).await;
         loop {
             let now = clock::now();
-            self.handle_due(&mut known, checked, now, zone, grace).await;
+            // Stored only when occurrences were due: a wake-up with nothing to do (its
+            // own deletes, a document edited) costs no write. A restart then looks back
+            // further, and what already ran is in the runs it recorded.
+            if self.handle_due(&mut known, checked, now, zone, grace).await {
+                self.save_checked(now).await;
+            }
             checked = now;
-            self.save_checked(now).await;
 
             let until_next = timing::next_after(known.schedules.items.values(), now, zone)
                 .and_then(|next| (next - clock::now()).to_std().ok())
@@ -172,8 +176,18 @@ impl<S: DocumentStore> Engine<S> {
         }
     }
 
-    async fn handle_due(&self, known: &mut Known, from: DateTime<Utc>, now: DateTime<Utc>, zone: Tz, grace: Duration) {
-        for occurrence in timing::due_between(known.schedules.items.values(), from, now, zone) {
+    /// Runs (or reports) what fell due in `(from, now]`; whether anything did.
+    async fn handle_due(
+        &self,
+        known: &mut Known,
+        from: DateTime<Utc>,
+        now: DateTime<Utc>,
+        zone: Tz,
+        grace: Duration,
+    ) -> bool {
+        let due = timing::due_between(known.schedules.items.values(), from, now, zone);
+        let any = !due.is_empty();
+        for occurrence in due {
             match self.already_handled(&occurrence).await {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -226,6 +240,7 @@ impl<S: DocumentStore> Engine<S> {
                 }
             }
         }
+        any
     }
 
     async fn fire(&self, known: &Known, schedule: &Schedule) {

@@ -61,6 +61,30 @@ async fn a_one_off_schedule_for_the_next_minute_runs_once_and_is_deleted() {
     let list = next_json(&mut replies, "webos/android/info").await;
     assert_eq!(list["command"], "schedule_list");
     assert_eq!(list["schedules"], json!([]), "the one-off schedule is still there");
+
+    // Wake-ups with nothing due (a schedule added and deleted) write nothing: where the
+    // engine checked is stored when something ran.
+    let data = daemon.dir.path().join("data");
+    let checked = || {
+        let state = smarthomed::store::embedded::read_collection(&data, "smarthomed_state").unwrap();
+        state.into_iter().find(|(id, _)| id == "schedule").map(|(_, document)| document["checked_until"].clone())
+    };
+    let before = checked();
+    assert!(before.is_some(), "the run left no checked_until");
+    let later = clock.next_schedulable_minute() + chrono::Duration::hours(3);
+    let far = android_schedule("far", &later.format("%H%M").to_string(), &later.format("%Y.%m.%d").to_string());
+    send(
+        &app,
+        "webos/server/info",
+        json!({"Producer": "android", "command": "schedule_add", "schedule": far}).to_string(),
+    )
+    .await;
+    assert_eq!(next_json(&mut replies, "webos/android/info").await["command"], "schedule_added");
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"schedule_delete","title":"far"}"#).await;
+    next_json(&mut replies, "webos/android/info").await;
+    send(&app, "webos/server/info", r#"{"Producer":"android","command":"schedule_list"}"#).await;
+    assert_eq!(next_json(&mut replies, "webos/android/info").await["schedules"], json!([]));
+    assert_eq!(checked(), before, "a wake-up with nothing due was written");
 }
 
 #[tokio::test]
