@@ -419,13 +419,25 @@ async fn home_assistant_discovers_the_home_and_drives_it_through_the_control_pat
     let mut configs = std::collections::HashMap::new();
     tokio::time::timeout(Duration::from_secs(15), async {
         while configs.len() < 13 {
-            let (topic, payload, retained) = discovery.recv().await.expect("subscription ended");
-            assert!(retained, "{topic} is not retained");
+            let (topic, payload, _) = discovery.recv().await.expect("subscription ended");
             configs.insert(topic, serde_json::from_str::<Value>(&payload).expect("config is JSON"));
         }
     })
     .await
     .unwrap_or_else(|_| panic!("only {} configs: {:?}", configs.len(), configs.keys()));
+    // What arrived live (published after the first subscription) is retained too: a
+    // Home Assistant that subscribes later gets every config.
+    let mut later = listen(&daemon, "home-assistant-later", "homeassistant/#").await;
+    let mut retained = std::collections::HashSet::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while retained.len() < configs.len() {
+            let (topic, _, is_retained) = later.recv().await.expect("subscription ended");
+            assert!(is_retained, "{topic} is not retained");
+            retained.insert(topic);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} retained configs", retained.len()));
 
     // What Home Assistant requires of each component, and what it needs to place it.
     let mut unique_ids = std::collections::HashSet::new();
