@@ -18,8 +18,17 @@ async fn mqtt_311_clients_exchange_messages_and_get_retained_ones() {
     daemon.wait_broker().await;
 
     let (publisher, mut publisher_loop) = connect(daemon.mqtt_port, "pub", None).await.unwrap();
-    tokio::spawn(async move { while publisher_loop.poll().await.is_ok() {} });
+    let (acked, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = publisher_loop.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = event {
+                let _ = acked.send(());
+            }
+        }
+    });
     publisher.publish("home/status", QoS::AtLeastOnce, true, "009060210").await.unwrap();
+    // Acknowledged: the broker holds it before anyone subscribes.
+    tokio::time::timeout(Duration::from_secs(10), acks.recv()).await.expect("no PUBACK");
 
     let (client, eventloop) = connect(daemon.mqtt_port, "sub", None).await.unwrap();
     let mut messages = subscriber(client, eventloop, "home/#").await;
