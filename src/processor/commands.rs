@@ -1,5 +1,6 @@
-//! The command handlers: signup, signin, start_facer and appliance controls, with
-//! the old reply shapes (car2home.md section 3). Every command gets its answer:
+//! The command handlers, one function per command: users, face recognition, appliance
+//! controls, schedules and modes, with the old reply shapes (car2home.md section 3),
+//! and the robot commands, which go to the robot desk. Every command gets its answer:
 //! a reply, or an error reply on the producer's error topic.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +15,10 @@ use tracing::{info, warn};
 use crate::alert::{Alert, Alerter};
 use crate::config::Config;
 use crate::log_limit::{LogLimiter, Verdict};
-use crate::protocol::command::{self, Command, Rejection, Request};
+use crate::protocol::appliance::Control;
+use crate::protocol::command::{self, Command, Rejection, Request, RobotRequest};
 use crate::protocol::topics::{self, APPLIANCE_CONTROL_TOPIC, CAMERA_TOPIC};
-use crate::schedule::model::{MODES, SCHEDULES, find_mode};
+use crate::schedule::model::{MODES, Mode, SCHEDULES, Schedule, find_mode};
 use crate::store::{DocumentStore, StoreError};
 
 use super::robots::{Call, RobotDesk};
@@ -35,12 +37,12 @@ pub struct Handlers<S> {
 }
 
 /// The robot desk's call for a robot request.
-fn robot_call(producer: &str, request: &Request) -> Option<Call> {
+fn robot_call(producer: &str, request: &RobotRequest) -> Call {
     use crate::robot::fleet::{CommandRequest, OnDaemonLost, RegisterRequest};
     let producer = producer.to_owned();
-    Some(match request.clone() {
-        Request::RobotList { uid } => Call::List { uid, producer },
-        Request::RobotRegister(registration) => Call::Register(RegisterRequest {
+    match request.clone() {
+        RobotRequest::List { uid } => Call::List { uid, producer },
+        RobotRequest::Register(registration) => Call::Register(RegisterRequest {
             uid: registration.uid,
             producer,
             robot_id: registration.robot,
@@ -55,8 +57,8 @@ fn robot_call(producer: &str, request: &Request) -> Option<Call> {
                 _ => OnDaemonLost::Pause,
             },
         }),
-        Request::RobotRemove { uid, robot } => Call::Remove { uid, producer, robot },
-        Request::RobotCommand(command) => Call::Command(CommandRequest {
+        RobotRequest::Remove { uid, robot } => Call::Remove { uid, producer, robot },
+        RobotRequest::Command(command) => Call::Command(CommandRequest {
             uid: command.uid,
             producer,
             robot_id: command.robot,
@@ -65,9 +67,8 @@ fn robot_call(producer: &str, request: &Request) -> Option<Call> {
             params: command.params,
             sent_at: command.sent_at,
         }),
-        Request::RobotReset { uid, robot } => Call::Reset { uid, producer, robot },
-        _ => return None,
-    })
+        RobotRequest::Reset { uid, robot } => Call::Reset { uid, producer, robot },
+    }
 }
 
 /// A failure that is the daemon's, not the sender's: it is also alerted.
@@ -154,106 +155,114 @@ impl<S: DocumentStore> Handlers<S> {
         self.reject(&rejection).await;
     }
 
+    /// One function per command; this only picks it.
     async fn carry_out(&self, command: &Command) -> Result<(), Rejection> {
         let producer = command.producer.as_str();
         match &command.request {
-            Request::RobotList { .. }
-            | Request::RobotRegister(_)
-            | Request::RobotRemove { .. }
-            | Request::RobotCommand(_)
-            | Request::RobotReset { .. } => {
-                let call = robot_call(producer, &command.request);
-                match call {
-                    Some(call) => {
-                        self.robots.ask(call).await.map_err(|refused| Rejection::new(refused.code, refused.message))
-                    }
-                    None => Ok(()),
-                }
-            }
-            Request::Signup { uid, name } => {
-                let mut user = serde_json::Map::new();
-                user.insert("name".into(), Value::String(name.clone()));
-                self.store.set(USERS, uid, user).await?;
-                info!(producer, uid, "signed up");
-                Ok(())
-            }
-            Request::Signin { uid } => {
-                let Some(mut user) = self.store.get(USERS, uid).await? else {
-                    return Err(Rejection::new("unknown_user", format!("no user with UID {uid}")));
-                };
-                user.insert("Producer".into(), json!("server"));
-                user.insert("command".into(), json!("return_name"));
-                self.publish(&topics::reply_topic(producer), Value::Object(user).to_string()).await;
-                Ok(())
-            }
+            Request::Signup { uid, name } => self.signup(producer, uid, name).await,
+            Request::Signin { uid } => self.signin(producer, uid).await,
             Request::StartFacer => self.start_facer(producer).await,
-            Request::Control(control) => {
-                self.publish(APPLIANCE_CONTROL_TOPIC, control.encode()).await;
-                info!(producer, control = %control, "control relayed to the appliance");
-                Ok(())
-            }
-            Request::ScheduleList => {
-                let schedules = self.documents(SCHEDULES).await?;
-                self.reply(producer, json!({"command": "schedule_list", "schedules": schedules})).await
-            }
-            Request::ScheduleAdd(schedule) | Request::ScheduleUpdate(schedule) => {
-                let adding = matches!(command.request, Request::ScheduleAdd(_));
-                let exists = self.store.get(SCHEDULES, &schedule.title).await?.is_some();
-                match (adding, exists) {
-                    (true, true) => {
-                        return Err(Rejection::new(
-                            "already_exists",
-                            format!("a schedule titled {:?} exists", schedule.title),
-                        ));
-                    }
-                    (false, false) => {
-                        return Err(Rejection::new("not_found", format!("no schedule titled {:?}", schedule.title)));
-                    }
-                    _ => {}
-                }
-                let document = schedule.to_document();
-                self.store.set(SCHEDULES, &schedule.title, document.clone()).await?;
-                let done = if adding { "schedule_added" } else { "schedule_updated" };
-                info!(producer, title = schedule.title, "{done}");
-                self.reply(producer, json!({"command": done, "schedule": document})).await
-            }
-            Request::ScheduleDelete { title } => {
-                if !self.store.delete(SCHEDULES, title).await? {
-                    return Err(Rejection::new("not_found", format!("no schedule titled {title:?}")));
-                }
-                info!(producer, title, "schedule_deleted");
-                self.reply(producer, json!({"command": "schedule_deleted", "title": title})).await
-            }
-            Request::ModeList => {
-                let modes = self.documents(MODES).await?;
-                self.reply(producer, json!({"command": "mode_list", "modes": modes})).await
-            }
-            Request::ModeAdd(mode) | Request::ModeUpdate(mode) => {
-                let adding = matches!(command.request, Request::ModeAdd(_));
-                let existing = self.mode_id(mode.number).await?;
-                let id = match (adding, existing) {
-                    (true, Some(_)) => {
-                        return Err(Rejection::new("already_exists", format!("mode {} exists", mode.number)));
-                    }
-                    (false, None) => return Err(Rejection::new("not_found", format!("no mode {}", mode.number))),
-                    (true, None) => mode.number.to_string(),
-                    (false, Some(id)) => id,
-                };
-                let document = mode.to_document();
-                self.store.set(MODES, &id, document.clone()).await?;
-                let done = if adding { "mode_added" } else { "mode_updated" };
-                info!(producer, number = mode.number, "{done}");
-                self.reply(producer, json!({"command": done, "mode": document})).await
-            }
-            Request::ModeDelete { number } => {
-                let Some(id) = self.mode_id(*number).await? else {
-                    return Err(Rejection::new("not_found", format!("no mode {number}")));
-                };
-                self.store.delete(MODES, &id).await?;
-                info!(producer, number, "mode_deleted");
-                self.reply(producer, json!({"command": "mode_deleted", "modeNum": number})).await
-            }
+            Request::Control(control) => self.control(producer, control).await,
+            Request::ScheduleList => self.schedule_list(producer).await,
+            Request::ScheduleAdd(schedule) => self.schedule_save(producer, schedule, true).await,
+            Request::ScheduleUpdate(schedule) => self.schedule_save(producer, schedule, false).await,
+            Request::ScheduleDelete { title } => self.schedule_delete(producer, title).await,
+            Request::ModeList => self.mode_list(producer).await,
+            Request::ModeAdd(mode) => self.mode_save(producer, mode, true).await,
+            Request::ModeUpdate(mode) => self.mode_save(producer, mode, false).await,
+            Request::ModeDelete { number } => self.mode_delete(producer, *number).await,
+            Request::Robot(request) => self
+                .robots
+                .ask(robot_call(producer, request))
+                .await
+                .map_err(|refused| Rejection::new(refused.code, refused.message)),
         }
+    }
+
+    async fn signup(&self, producer: &str, uid: &str, name: &str) -> Result<(), Rejection> {
+        let mut user = serde_json::Map::new();
+        user.insert("name".into(), Value::String(name.to_owned()));
+        self.store.set(USERS, uid, user).await?;
+        info!(producer, uid, "signed up");
+        Ok(())
+    }
+
+    async fn signin(&self, producer: &str, uid: &str) -> Result<(), Rejection> {
+        let Some(mut user) = self.store.get(USERS, uid).await? else {
+            return Err(Rejection::new("unknown_user", format!("no user with UID {uid}")));
+        };
+        user.insert("Producer".into(), json!("server"));
+        user.insert("command".into(), json!("return_name"));
+        self.publish(&topics::reply_topic(producer), Value::Object(user).to_string()).await;
+        Ok(())
+    }
+
+    async fn control(&self, producer: &str, control: &Control) -> Result<(), Rejection> {
+        self.publish(APPLIANCE_CONTROL_TOPIC, control.encode()).await;
+        info!(producer, control = %control, "control relayed to the appliance");
+        Ok(())
+    }
+
+    async fn schedule_list(&self, producer: &str) -> Result<(), Rejection> {
+        let schedules = self.documents(SCHEDULES).await?;
+        self.reply(producer, json!({"command": "schedule_list", "schedules": schedules})).await
+    }
+
+    /// `schedule_add` (`adding`) or `schedule_update`.
+    async fn schedule_save(&self, producer: &str, schedule: &Schedule, adding: bool) -> Result<(), Rejection> {
+        let exists = self.store.get(SCHEDULES, &schedule.title).await?.is_some();
+        match (adding, exists) {
+            (true, true) => {
+                return Err(Rejection::new("already_exists", format!("a schedule titled {:?} exists", schedule.title)));
+            }
+            (false, false) => {
+                return Err(Rejection::new("not_found", format!("no schedule titled {:?}", schedule.title)));
+            }
+            _ => {}
+        }
+        let document = schedule.to_document();
+        self.store.set(SCHEDULES, &schedule.title, document.clone()).await?;
+        let done = if adding { "schedule_added" } else { "schedule_updated" };
+        info!(producer, title = schedule.title, "{done}");
+        self.reply(producer, json!({"command": done, "schedule": document})).await
+    }
+
+    async fn schedule_delete(&self, producer: &str, title: &str) -> Result<(), Rejection> {
+        if !self.store.delete(SCHEDULES, title).await? {
+            return Err(Rejection::new("not_found", format!("no schedule titled {title:?}")));
+        }
+        info!(producer, title, "schedule_deleted");
+        self.reply(producer, json!({"command": "schedule_deleted", "title": title})).await
+    }
+
+    async fn mode_list(&self, producer: &str) -> Result<(), Rejection> {
+        let modes = self.documents(MODES).await?;
+        self.reply(producer, json!({"command": "mode_list", "modes": modes})).await
+    }
+
+    /// `mode_add` (`adding`) or `mode_update`.
+    async fn mode_save(&self, producer: &str, mode: &Mode, adding: bool) -> Result<(), Rejection> {
+        let existing = self.mode_id(mode.number).await?;
+        let id = match (adding, existing) {
+            (true, Some(_)) => return Err(Rejection::new("already_exists", format!("mode {} exists", mode.number))),
+            (false, None) => return Err(Rejection::new("not_found", format!("no mode {}", mode.number))),
+            (true, None) => mode.number.to_string(),
+            (false, Some(id)) => id,
+        };
+        let document = mode.to_document();
+        self.store.set(MODES, &id, document.clone()).await?;
+        let done = if adding { "mode_added" } else { "mode_updated" };
+        info!(producer, number = mode.number, "{done}");
+        self.reply(producer, json!({"command": done, "mode": document})).await
+    }
+
+    async fn mode_delete(&self, producer: &str, number: u8) -> Result<(), Rejection> {
+        let Some(id) = self.mode_id(number).await? else {
+            return Err(Rejection::new("not_found", format!("no mode {number}")));
+        };
+        self.store.delete(MODES, &id).await?;
+        info!(producer, number, "mode_deleted");
+        self.reply(producer, json!({"command": "mode_deleted", "modeNum": number})).await
     }
 
     /// The stored documents of `collection`, as a JSON array.

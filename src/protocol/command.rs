@@ -32,11 +32,17 @@ pub enum Request {
     ModeAdd(Mode),
     ModeUpdate(Mode),
     ModeDelete { number: u8 },
-    RobotList { uid: String },
-    RobotRegister(RobotRegistration),
-    RobotRemove { uid: String, robot: String },
-    RobotCommand(RobotCommand),
-    RobotReset { uid: String, robot: String },
+    Robot(RobotRequest),
+}
+
+/// The robot commands (protocol/README.md, "Robots"), each with the sender's UID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RobotRequest {
+    List { uid: String },
+    Register(RobotRegistration),
+    Remove { uid: String, robot: String },
+    Command(RobotCommand),
+    Reset { uid: String, robot: String },
 }
 
 /// `robot_register`: `robot`, `kind`, `name`, and optionally `operators`, `viewers`
@@ -131,19 +137,19 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         command: "robot_list",
         producers: APPS,
-        parse: |fields| Ok(Request::RobotList { uid: uid(fields)? }),
+        parse: |fields| Ok(Request::Robot(RobotRequest::List { uid: uid(fields)? })),
     },
     CommandSpec { command: "robot_register", producers: APPS, parse: robot_registration },
     CommandSpec {
         command: "robot_remove",
         producers: APPS,
-        parse: |fields| Ok(Request::RobotRemove { uid: uid(fields)?, robot: robot_id(fields)? }),
+        parse: |fields| Ok(Request::Robot(RobotRequest::Remove { uid: uid(fields)?, robot: robot_id(fields)? })),
     },
     CommandSpec { command: "robot_command", producers: APPS, parse: robot_command },
     CommandSpec {
         command: "robot_reset",
         producers: APPS,
-        parse: |fields| Ok(Request::RobotReset { uid: uid(fields)?, robot: robot_id(fields)? }),
+        parse: |fields| Ok(Request::Robot(RobotRequest::Reset { uid: uid(fields)?, robot: robot_id(fields)? })),
     },
 ];
 
@@ -190,7 +196,7 @@ fn robot_registration(fields: &Map<String, Value>) -> Result<Request, Rejection>
     if name.is_empty() || name.chars().count() > 100 {
         return Err(Rejection::new("bad_field", "name must be 1-100 characters"));
     }
-    Ok(Request::RobotRegister(RobotRegistration {
+    Ok(Request::Robot(RobotRequest::Register(RobotRegistration {
         uid: uid(fields)?,
         robot: robot_id(fields)?,
         kind,
@@ -199,7 +205,7 @@ fn robot_registration(fields: &Map<String, Value>) -> Result<Request, Rejection>
         viewers: uid_list(fields, "viewers")?,
         heartbeat_secs,
         on_daemon_lost,
-    }))
+    })))
 }
 
 fn robot_command(fields: &Map<String, Value>) -> Result<Request, Rejection> {
@@ -216,14 +222,14 @@ fn robot_command(fields: &Map<String, Value>) -> Result<Request, Rejection> {
     let sent_at = chrono::DateTime::parse_from_rfc3339(&stamp)
         .map_err(|err| Rejection::new("bad_field", format!("timestamp is not RFC 3339: {err}")))?
         .with_timezone(&chrono::Utc);
-    Ok(Request::RobotCommand(RobotCommand {
+    Ok(Request::Robot(RobotRequest::Command(RobotCommand {
         uid: uid(fields)?,
         robot: robot_id(fields)?,
         cmd_id,
         action,
         params,
         sent_at,
-    }))
+    })))
 }
 
 /// The `schedule` key: a document in the Android app's format; its title is its id.
@@ -326,11 +332,13 @@ impl Command {
             | Request::ModeAdd(_)
             | Request::ModeUpdate(_)
             | Request::ModeDelete { .. } => Some("schedules".into()),
-            Request::RobotList { .. } => None,
-            Request::RobotRegister(RobotRegistration { robot, .. })
-            | Request::RobotRemove { robot, .. }
-            | Request::RobotCommand(RobotCommand { robot, .. })
-            | Request::RobotReset { robot, .. } => Some(format!("robot/{robot}")),
+            Request::Robot(RobotRequest::List { .. }) => None,
+            Request::Robot(
+                RobotRequest::Register(RobotRegistration { robot, .. })
+                | RobotRequest::Remove { robot, .. }
+                | RobotRequest::Command(RobotCommand { robot, .. })
+                | RobotRequest::Reset { robot, .. },
+            ) => Some(format!("robot/{robot}")),
         }
     }
 }
