@@ -27,6 +27,7 @@ use super::connect::{self, Connect, Refusal};
 use super::login::{LoginGate, Verdict};
 use super::packet_counter::PacketCounter;
 use crate::config::INTERNAL_MQTT_USER;
+use crate::log_limit::{LogLimiter, Verdict as LogVerdict};
 
 /// Client ids of the daemon's own processes, which nobody else may take (a persistent
 /// session under `smarthomed-processor` holds the commands queued for the processor).
@@ -59,6 +60,8 @@ pub struct FrontDoor {
 impl FrontDoor {
     /// Accepts until `shutdown`; each connection lives in `tracker`.
     pub async fn serve(self, tracker: TaskTracker, shutdown: CancellationToken) {
+        // A flood of connections past the limit must not become a flood of log lines.
+        let mut refusals_logged = LogLimiter::default();
         loop {
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -73,7 +76,11 @@ impl FrontDoor {
                 }
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                warn!(listener = self.name, %peer, "connection limit reached, refusing");
+                metrics::counter!("smarthomed_broker_refused_total", "listener" => self.name).increment(1);
+                if let LogVerdict::Log { suppressed_before } = refusals_logged.check("limit", std::time::Instant::now())
+                {
+                    warn!(listener = self.name, %peer, suppressed_before, "connection limit reached, refusing");
+                }
                 continue;
             };
             let route = self.route;

@@ -137,6 +137,20 @@ async fn connections_beyond_the_limit_are_refused() {
     let first = connect(daemon.mqtt_port, "first", None).await.expect("first");
     let second = connect(daemon.mqtt_port, "second", None).await.expect("second");
     assert!(connect(daemon.mqtt_port, "third", None).await.is_err(), "a third connection was let in");
+    // A flood past the limit is refused without flooding the log.
+    for _ in 0..50 {
+        let _ = tokio::net::TcpStream::connect(("127.0.0.1", daemon.mqtt_port)).await;
+    }
+    let port = daemon.mqtt_port;
+    common::wait_for_async(Duration::from_secs(10), "the refusals to be counted", || async move {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut byte = [0u8; 1];
+        // Refused connections are closed at once.
+        matches!(tokio::io::AsyncReadExt::read(&mut { stream }, &mut byte).await, Ok(0) | Err(_)).then_some(())
+    })
+    .await;
+    let logged = daemon.log().lines().filter(|line| line.contains("connection limit reached")).count();
+    assert!((1..=smarthomed::log_limit::BURST as usize).contains(&logged), "{logged} lines for 51 refusals");
     drop((first, second));
     common::wait_for_async(Duration::from_secs(10), "a freed slot", || async move {
         connect(daemon.mqtt_port, "fourth", None).await.ok()
