@@ -16,12 +16,12 @@ use crate::alert::{Alert, Alerter};
 use crate::config::Config;
 use crate::log_limit::{LogLimiter, Verdict};
 use crate::protocol::appliance::Control;
-use crate::protocol::command::{self, Command, Rejection, Request, RobotRequest};
+use crate::protocol::command::{self, Command, Rejection, Request};
 use crate::protocol::topics::{self, APPLIANCE_CONTROL_TOPIC, CAMERA_TOPIC};
 use crate::schedule::model::{MODES, Mode, SCHEDULES, Schedule, find_mode};
 use crate::store::{DocumentStore, StoreError};
 
-use super::robots::{Call, RobotDesk};
+use super::robots::RobotDesk;
 
 pub const USERS: &str = "user_account";
 
@@ -34,41 +34,6 @@ pub struct Handlers<S> {
     facer_running: AtomicBool,
     /// Refusals are answered one by one but logged at a bounded rate.
     log_limit: Mutex<LogLimiter>,
-}
-
-/// The robot desk's call for a robot request.
-fn robot_call(producer: &str, request: &RobotRequest) -> Call {
-    use crate::robot::fleet::{CommandRequest, OnDaemonLost, RegisterRequest};
-    let producer = producer.to_owned();
-    match request.clone() {
-        RobotRequest::List { uid } => Call::List { uid, producer },
-        RobotRequest::Register(registration) => Call::Register(RegisterRequest {
-            uid: registration.uid,
-            producer,
-            robot_id: registration.robot,
-            kind: registration.kind,
-            name: registration.name,
-            operators: registration.operators,
-            viewers: registration.viewers,
-            heartbeat_secs: registration.heartbeat_secs,
-            on_daemon_lost: match registration.on_daemon_lost.as_str() {
-                "continue" => OnDaemonLost::Continue,
-                "stop" => OnDaemonLost::Stop,
-                _ => OnDaemonLost::Pause,
-            },
-        }),
-        RobotRequest::Remove { uid, robot } => Call::Remove { uid, producer, robot },
-        RobotRequest::Command(command) => Call::Command(CommandRequest {
-            uid: command.uid,
-            producer,
-            robot_id: command.robot,
-            cmd_id: command.cmd_id,
-            action: command.action,
-            params: command.params,
-            sent_at: command.sent_at,
-        }),
-        RobotRequest::Reset { uid, robot } => Call::Reset { uid, producer, robot },
-    }
 }
 
 /// A failure that is the daemon's, not the sender's: it is also alerted.
@@ -173,7 +138,7 @@ impl<S: DocumentStore> Handlers<S> {
             Request::ModeDelete { number } => self.mode_delete(producer, *number).await,
             Request::Robot(request) => self
                 .robots
-                .ask(robot_call(producer, request))
+                .ask(producer, request.clone())
                 .await
                 .map_err(|refused| Rejection::new(refused.code, refused.message)),
         }

@@ -25,13 +25,12 @@ use crate::alert::{Alert, Alerter, Outage};
 use crate::mqtt::Acker;
 use crate::processor::alarms;
 use crate::processor::texts::{self, Language};
+use crate::protocol::command::RobotRequest;
 use crate::protocol::robot::{
     self as wire, ConnectionMessage, EstopRequest, Factsheet, Leaf, RobotStatus, StateMessage, Target,
 };
 use crate::protocol::topics;
-use crate::robot::fleet::{
-    CommandRecord, CommandRequest, Effect, Fleet, LatchRecord, Now, Refused, RegisterRequest, Registration, Save,
-};
+use crate::robot::fleet::{CommandRecord, Effect, Fleet, LatchRecord, Now, Refused, Registration, Save};
 use crate::store::{Document, DocumentStore, StoreError};
 
 pub const ROLE: &str = "robots";
@@ -44,18 +43,10 @@ pub const FACTSHEETS: &str = "robot_factsheets";
 /// `alarms::alarm_id`), so the two writers never overwrite each other.
 const ALARM_NTH_BASE: usize = 100;
 
-/// What the command handlers ask of the desk.
-#[derive(Debug)]
-pub enum Call {
-    List { uid: String, producer: String },
-    Register(RegisterRequest),
-    Remove { uid: String, producer: String, robot: String },
-    Command(CommandRequest),
-    Reset { uid: String, producer: String, robot: String },
-}
-
+/// A robot command from an app, for the desk.
 struct Ask {
-    call: Call,
+    producer: String,
+    request: RobotRequest,
     answer: oneshot::Sender<Result<(), Refused>>,
 }
 
@@ -66,12 +57,13 @@ pub struct RobotDesk {
 }
 
 impl RobotDesk {
-    /// Hands `call` to the desk; the replies go out from there. Err when refused, or
-    /// when the desk is gone (shutting down).
-    pub async fn ask(&self, call: Call) -> Result<(), Refused> {
+    /// Hands `producer`'s `request` to the desk; the replies go out from there. Err when
+    /// refused, or when the desk is gone (shutting down).
+    pub async fn ask(&self, producer: &str, request: RobotRequest) -> Result<(), Refused> {
         let (answer, answered) = oneshot::channel();
         let gone = || Refused { code: "unavailable", message: "the robot desk is shutting down".into() };
-        self.asks.send(Ask { call, answer }).await.map_err(|_| gone())?;
+        let ask = Ask { producer: producer.to_owned(), request, answer };
+        self.asks.send(ask).await.map_err(|_| gone())?;
         answered.await.map_err(|_| gone())?
     }
 }
@@ -128,7 +120,7 @@ impl<S: DocumentStore> Desk<S> {
                     continue;
                 }
                 Some(ask) = asks.recv() => {
-                    let (effects, answer) = match on_call(&mut fleet, ask.call) {
+                    let (effects, answer) = match on_request(&mut fleet, &ask.producer, ask.request) {
                         Ok(effects) => (effects, Ok(())),
                         Err(refused) => (Vec::new(), Err(refused)),
                     };
@@ -216,13 +208,15 @@ impl<S: DocumentStore> Desk<S> {
     }
 }
 
-fn on_call(fleet: &mut Fleet, call: Call) -> Result<Vec<Effect>, Refused> {
-    match call {
-        Call::List { uid, producer } => Ok(vec![Effect::Reply { producer, payload: fleet.list(&uid) }]),
-        Call::Register(request) => fleet.register(request),
-        Call::Remove { uid, producer, robot } => fleet.remove(&uid, &producer, &robot),
-        Call::Command(request) => fleet.command(request, now()),
-        Call::Reset { uid, producer, robot } => fleet.reset(&uid, &producer, &robot, now()),
+fn on_request(fleet: &mut Fleet, producer: &str, request: RobotRequest) -> Result<Vec<Effect>, Refused> {
+    match request {
+        RobotRequest::List { uid } => {
+            Ok(vec![Effect::Reply { producer: producer.to_owned(), payload: fleet.list(&uid) }])
+        }
+        RobotRequest::Register(registration) => fleet.register(producer, registration),
+        RobotRequest::Remove { uid, robot } => fleet.remove(&uid, producer, &robot),
+        RobotRequest::Command(command) => fleet.command(producer, command, now()),
+        RobotRequest::Reset { uid, robot } => fleet.reset(&uid, producer, &robot, now()),
     }
 }
 

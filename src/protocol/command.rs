@@ -56,7 +56,7 @@ pub struct RobotRegistration {
     pub operators: Vec<String>,
     pub viewers: Vec<String>,
     pub heartbeat_secs: u32,
-    pub on_daemon_lost: String,
+    pub on_daemon_lost: crate::protocol::robot::OnDaemonLost,
 }
 
 /// `robot_command`: `robot`, `cmdId` (the idempotency key), `action`, `params`, and
@@ -188,9 +188,9 @@ fn robot_registration(fields: &Map<String, Value>) -> Result<Request, Rejection>
             .ok_or_else(|| Rejection::new("bad_field", "heartbeatSecs must be an integer 1-3600"))?,
     };
     let on_daemon_lost = match fields.get("onDaemonLost") {
-        None => "pause".to_owned(),
-        Some(Value::String(choice)) if ["continue", "pause", "stop"].contains(&choice.as_str()) => choice.clone(),
-        Some(_) => return Err(Rejection::new("bad_field", "onDaemonLost must be continue, pause or stop")),
+        None => crate::protocol::robot::OnDaemonLost::Pause,
+        Some(choice) => serde_json::from_value(choice.clone())
+            .map_err(|_| Rejection::new("bad_field", "onDaemonLost must be continue, pause or stop"))?,
     };
     let name = text_field(fields, "name")?;
     if name.is_empty() || name.chars().count() > 100 {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::machine::{self, Refusal};
+use crate::protocol::command::{RobotCommand, RobotRegistration};
 pub use crate::protocol::robot::OnDaemonLost;
 use crate::protocol::robot::{
     self as wire, ActionStatus, CmdMessage, CommandStatus, ConnectionMessage, ConnectionState, EstopLatch, Factsheet,
@@ -184,32 +185,6 @@ pub struct Refused {
 
 fn refused(code: &'static str, message: impl Into<String>) -> Refused {
     Refused { code, message: message.into() }
-}
-
-/// `robot_command` as an app sent it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CommandRequest {
-    pub uid: String,
-    pub producer: String,
-    pub robot_id: String,
-    pub cmd_id: String,
-    pub action: String,
-    pub params: Value,
-    pub sent_at: DateTime<Utc>,
-}
-
-/// `robot_register`: a new robot (its registrant owns it) or new settings (owners only).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RegisterRequest {
-    pub uid: String,
-    pub producer: String,
-    pub robot_id: String,
-    pub kind: Kind,
-    pub name: String,
-    pub operators: Vec<String>,
-    pub viewers: Vec<String>,
-    pub heartbeat_secs: u32,
-    pub on_daemon_lost: OnDaemonLost,
 }
 
 /// Now, twice: for deadlines and for timestamps.
@@ -456,13 +431,13 @@ impl Fleet {
     }
 
     /// `robot_register`.
-    pub fn register(&mut self, request: RegisterRequest) -> Result<Vec<Effect>, Refused> {
-        if !wire::valid_robot_id(&request.robot_id) {
+    pub fn register(&mut self, producer: &str, request: RobotRegistration) -> Result<Vec<Effect>, Refused> {
+        if !wire::valid_robot_id(&request.robot) {
             return Err(refused("bad_field", "robot must match [A-Za-z0-9_.:-]{1,64} and not be \"all\""));
         }
-        let registration = match self.robots.get(&request.robot_id) {
+        let registration = match self.robots.get(&request.robot) {
             Some(robot) if robot.registration.role_of(&request.uid) != Some(Role::Owner) => {
-                return Err(refused("forbidden", format!("only an owner may change robot {}", request.robot_id)));
+                return Err(refused("forbidden", format!("only an owner may change robot {}", request.robot)));
             }
             Some(robot) => Registration {
                 kind: request.kind,
@@ -483,19 +458,19 @@ impl Fleet {
                 on_daemon_lost: request.on_daemon_lost,
             },
         };
-        let robot = self.robots.entry(request.robot_id.clone()).or_insert_with(|| Robot::new(registration.clone()));
+        let robot = self.robots.entry(request.robot.clone()).or_insert_with(|| Robot::new(registration.clone()));
         robot.registration = registration.clone();
         Ok(vec![
             Effect::Save(Save::Registration {
-                robot_id: request.robot_id.clone(),
+                robot_id: request.robot.clone(),
                 registration: Some(registration.clone()),
             }),
-            self.status_effect(&request.robot_id),
+            self.status_effect(&request.robot),
             Effect::Reply {
-                producer: request.producer,
+                producer: producer.to_owned(),
                 payload: json!({
                     "Producer": "server", "command": "robot_registered",
-                    "robot": request.robot_id, "registration": registration,
+                    "robot": request.robot, "registration": registration,
                 }),
             },
         ])
@@ -551,8 +526,8 @@ impl Fleet {
     }
 
     /// `robot_command`.
-    pub fn command(&mut self, request: CommandRequest, now: Now) -> Result<Vec<Effect>, Refused> {
-        let robot = self.authorize(&request.uid, &request.robot_id, Role::Operator)?;
+    pub fn command(&mut self, producer: &str, request: RobotCommand, now: Now) -> Result<Vec<Effect>, Refused> {
+        let robot = self.authorize(&request.uid, &request.robot, Role::Operator)?;
         if let Some(record) = robot.history.iter().find(|record| record.cmd_id == request.cmd_id) {
             // Delivered twice (at least once delivery): the same answer, nothing sent.
             return Ok(vec![command_status_reply(record)]);
@@ -575,7 +550,7 @@ impl Fleet {
             return Err(refused(Refusal::Estopped.code(), "the e-stop latch is set; an owner must reset it"));
         }
         if robot.link() != Link::Online {
-            return Err(refused("robot_offline", format!("robot {} is {:?}", request.robot_id, robot.link())));
+            return Err(refused("robot_offline", format!("robot {} is {:?}", request.robot, robot.link())));
         }
         machine::check_params(&request.action, &request.params).map_err(|message| refused("bad_field", message))?;
         let state = robot.state().unwrap_or(kind.resting());
@@ -598,22 +573,22 @@ impl Fleet {
             requested_by: request.uid.clone(),
         };
         let record = CommandRecord {
-            robot_id: request.robot_id.clone(),
+            robot_id: request.robot.clone(),
             cmd_id: request.cmd_id.clone(),
             command: request.action.clone(),
             params: request.params.clone(),
             requested_by: request.uid.clone(),
-            producer: request.producer.clone(),
+            producer: producer.to_owned(),
             status: CommandStatus::Sent,
             reason: String::new(),
             history: vec![StatusChange { status: CommandStatus::Sent, at: now.stamp() }],
         };
         let mut effects = vec![Effect::Publish {
-            topic: wire::topic(&request.robot_id, Leaf::Cmd),
+            topic: wire::topic(&request.robot, Leaf::Cmd),
             payload: serde_json::to_string(&cmd).unwrap_or_default(),
             retain: false,
         }];
-        let Some(robot) = self.robots.get_mut(&request.robot_id) else { return Err(unknown_robot(&request.robot_id)) };
+        let Some(robot) = self.robots.get_mut(&request.robot) else { return Err(unknown_robot(&request.robot)) };
         robot.pending.push(Pending { cmd, ack_deadline: Some(now.instant + ACK_TIMEOUT), resent: false });
         effects.extend(remember(robot, record));
         Ok(effects)

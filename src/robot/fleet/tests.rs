@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::command::{RobotCommand, RobotRegistration};
 use crate::protocol::robot::{ActionState, Target};
 
 const OWNER: &str = "owner-uid";
@@ -23,17 +24,19 @@ impl Clock {
 
 fn register(fleet: &mut Fleet, kind: Kind) {
     fleet
-        .register(RegisterRequest {
-            uid: OWNER.into(),
-            producer: "android".into(),
-            robot_id: "vac1".into(),
-            kind,
-            name: "Vacuum".into(),
-            operators: vec![OPERATOR.into()],
-            viewers: vec![VIEWER.into()],
-            heartbeat_secs: 15,
-            on_daemon_lost: OnDaemonLost::Pause,
-        })
+        .register(
+            "android",
+            RobotRegistration {
+                uid: OWNER.into(),
+                robot: "vac1".into(),
+                kind,
+                name: "Vacuum".into(),
+                operators: vec![OPERATOR.into()],
+                viewers: vec![VIEWER.into()],
+                heartbeat_secs: 15,
+                on_daemon_lost: OnDaemonLost::Pause,
+            },
+        )
         .unwrap();
 }
 
@@ -82,11 +85,10 @@ fn online_fleet(clock: &Clock) -> Fleet {
     fleet
 }
 
-fn request(cmd_id: &str, action: &str, clock: &Clock, ms: u64) -> CommandRequest {
-    CommandRequest {
+fn request(cmd_id: &str, action: &str, clock: &Clock, ms: u64) -> RobotCommand {
+    RobotCommand {
         uid: OPERATOR.into(),
-        producer: "android".into(),
-        robot_id: "vac1".into(),
+        robot: "vac1".into(),
         cmd_id: cmd_id.into(),
         action: action.into(),
         params: Value::Null,
@@ -131,7 +133,7 @@ fn replies(effects: &[Effect], command: &str) -> Vec<Value> {
 fn a_command_is_sent_acknowledged_and_finished() {
     let clock = Clock::new();
     let mut fleet = online_fleet(&clock);
-    let sent = fleet.command(request("c1", "start", &clock, 0), clock.at(10)).unwrap();
+    let sent = fleet.command("android", request("c1", "start", &clock, 0), clock.at(10)).unwrap();
     let cmd: CmdMessage = serde_json::from_str(publishes(&sent, Leaf::Cmd)[0]).unwrap();
     assert_eq!((cmd.cmd_id.as_str(), cmd.command.as_str(), cmd.estop_epoch), ("c1", "start", 0));
     assert_eq!(cmd.expires_at, "2026-11-23T10:00:10.010Z");
@@ -152,7 +154,7 @@ fn a_command_is_sent_acknowledged_and_finished() {
 fn without_an_acknowledgement_a_command_is_sent_once_more_then_expires() {
     let clock = Clock::new();
     let mut fleet = online_fleet(&clock);
-    fleet.command(request("c1", "start", &clock, 0), clock.at(0)).unwrap();
+    fleet.command("android", request("c1", "start", &clock, 0), clock.at(0)).unwrap();
     assert_eq!(fleet.next_deadline(), Some(clock.at(3_000).instant));
     assert!(fleet.tick(clock.at(2_999)).is_empty());
     let resent = fleet.tick(clock.at(3_000));
@@ -168,8 +170,8 @@ fn without_an_acknowledgement_a_command_is_sent_once_more_then_expires() {
 fn the_same_cmd_id_twice_is_answered_and_not_sent_again() {
     let clock = Clock::new();
     let mut fleet = online_fleet(&clock);
-    fleet.command(request("c1", "start", &clock, 0), clock.at(0)).unwrap();
-    let repeated = fleet.command(request("c1", "start", &clock, 0), clock.at(100)).unwrap();
+    fleet.command("android", request("c1", "start", &clock, 0), clock.at(0)).unwrap();
+    let repeated = fleet.command("android", request("c1", "start", &clock, 0), clock.at(100)).unwrap();
     assert!(publishes(&repeated, Leaf::Cmd).is_empty());
     assert_eq!(statuses(&repeated), ["c1:sent"]);
 }
@@ -178,7 +180,9 @@ fn the_same_cmd_id_twice_is_answered_and_not_sent_again() {
 fn commands_are_refused_early_with_the_reason() {
     let clock = Clock::new();
     let mut fleet = online_fleet(&clock);
-    let code = |fleet: &mut Fleet, request: CommandRequest| fleet.command(request, clock.at(40_000)).unwrap_err().code;
+    let code = |fleet: &mut Fleet, request: RobotCommand| {
+        fleet.command("android", request, clock.at(40_000)).unwrap_err().code
+    };
     assert_eq!(code(&mut fleet, request("old", "start", &clock, 0)), "command_expired");
     assert_eq!(code(&mut fleet, request("c", "fly", &clock, 40_000)), "unsupported_command");
     assert_eq!(code(&mut fleet, request("c", "pause", &clock, 40_000)), "invalid_transition");
@@ -186,7 +190,7 @@ fn commands_are_refused_early_with_the_reason() {
     by_viewer.uid = VIEWER.into();
     assert_eq!(code(&mut fleet, by_viewer), "forbidden");
     let mut elsewhere = request("c", "start", &clock, 40_000);
-    elsewhere.robot_id = "nope".into();
+    elsewhere.robot = "nope".into();
     assert_eq!(code(&mut fleet, elsewhere), "unknown_robot");
 
     fleet.on_state("vac1", state(RobotState::Cleaning, 0, &[]), clock.at(40_000));
@@ -199,18 +203,21 @@ fn commands_are_refused_early_with_the_reason() {
 fn a_second_work_command_waits_for_nothing_it_is_busy() {
     let clock = Clock::new();
     let mut fleet = online_fleet(&clock);
-    fleet.command(request("c1", "start", &clock, 0), clock.at(0)).unwrap();
-    assert_eq!(fleet.command(request("c2", "start", &clock, 0), clock.at(10)).unwrap_err().code, "robot_busy");
+    fleet.command("android", request("c1", "start", &clock, 0), clock.at(0)).unwrap();
+    assert_eq!(
+        fleet.command("android", request("c2", "start", &clock, 0), clock.at(10)).unwrap_err().code,
+        "robot_busy"
+    );
     // Steering is taken while work is under way (the robot reported cleaning).
     fleet.on_state("vac1", state(RobotState::Cleaning, 0, &[("c1", ActionStatus::Running)]), clock.at(20));
-    assert!(fleet.command(request("c3", "pause", &clock, 0), clock.at(30)).is_ok());
+    assert!(fleet.command("android", request("c3", "pause", &clock, 0), clock.at(30)).is_ok());
 }
 
 #[test]
 fn an_estop_publishes_the_latch_first_cancels_and_waits_for_confirmation() {
     let clock = Clock::new();
     let mut fleet = online_fleet(&clock);
-    fleet.command(request("c1", "start", &clock, 0), clock.at(0)).unwrap();
+    fleet.command("android", request("c1", "start", &clock, 0), clock.at(0)).unwrap();
     let effects = fleet.estop(&Target::One("vac1".into()), "car", "anyone", clock.at(100));
     let Effect::Publish { topic, payload, retain: true } = &effects[0] else { panic!("{effects:?}") };
     assert_eq!(topic, "smarthomed/robot/v1/vac1/estop");
@@ -236,7 +243,7 @@ fn an_estop_publishes_the_latch_first_cancels_and_waits_for_confirmation() {
     assert_eq!(replies(&confirmed, "robot_estop_confirmed")[0]["epoch"], 1);
     assert!(fleet.tick(clock.at(5_000)).iter().all(|effect| !matches!(effect, Effect::Alert { .. })));
     assert_eq!(
-        fleet.command(request("c2", "start", &clock, 5_000), clock.at(5_000)).unwrap_err().code,
+        fleet.command("android", request("c2", "start", &clock, 5_000), clock.at(5_000)).unwrap_err().code,
         "robot_estopped"
     );
 }
@@ -323,7 +330,7 @@ fn no_state_for_three_heartbeats_is_a_stale_link() {
 fn after_a_restart_pending_commands_are_unknown_and_the_robot_is_asked() {
     let clock = Clock::new();
     let mut before = online_fleet(&clock);
-    let effects = before.command(request("c1", "start", &clock, 0), clock.at(0)).unwrap();
+    let effects = before.command("android", request("c1", "start", &clock, 0), clock.at(0)).unwrap();
     let saved: Vec<CommandRecord> = effects
         .into_iter()
         .filter_map(|effect| match effect {
@@ -361,10 +368,9 @@ fn after_a_restart_pending_commands_are_unknown_and_the_robot_is_asked() {
 fn only_owners_change_or_remove_a_robot() {
     let clock = Clock::new();
     let mut fleet = online_fleet(&clock);
-    let mut takeover = RegisterRequest {
+    let mut takeover = RobotRegistration {
         uid: OPERATOR.into(),
-        producer: "android".into(),
-        robot_id: "vac1".into(),
+        robot: "vac1".into(),
         kind: Kind::Vacuum,
         name: "mine now".into(),
         operators: vec![],
@@ -372,10 +378,10 @@ fn only_owners_change_or_remove_a_robot() {
         heartbeat_secs: 15,
         on_daemon_lost: OnDaemonLost::Stop,
     };
-    assert_eq!(fleet.register(takeover.clone()).unwrap_err().code, "forbidden");
+    assert_eq!(fleet.register("android", takeover.clone()).unwrap_err().code, "forbidden");
     assert_eq!(fleet.remove(OPERATOR, "android", "vac1").unwrap_err().code, "forbidden");
     takeover.uid = OWNER.into();
-    fleet.register(takeover).unwrap();
+    fleet.register("android", takeover).unwrap();
     assert_eq!(fleet.list(OWNER)["robots"][0]["name"], "mine now");
     let removed = fleet.remove(OWNER, "android", "vac1").unwrap();
     assert_eq!(publishes(&removed, Leaf::Status), [""], "the retained view is cleared");
