@@ -264,22 +264,6 @@ fn the_firebase_backend_needs_its_project_and_database() {
 }
 
 #[test]
-fn a_taken_metrics_port_is_a_startup_error_naming_the_key() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let file = config_file(&format!(
-        "[broker]\nlisten = \"127.0.0.1:{}\"\nws_listen = \"127.0.0.1:{}\"\n[store]\ndir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-        common::free_port(),
-        common::free_port(),
-        dir.path().join("data").display()
-    ));
-    let output = smarthomed(&["run", "-c", file.path().to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
-    assert!(text(&output.stderr).contains("metrics.listen"), "{}", text(&output.stderr));
-}
-
-#[test]
 fn an_unusable_tls_certificate_or_ca_file_is_a_startup_error_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.pem");
@@ -326,19 +310,26 @@ fn status_without_a_running_daemon_says_where_it_looked() {
 }
 
 #[test]
-fn a_taken_broker_port_stops_the_daemon_before_any_child_starts() {
+fn a_taken_port_stops_the_daemon_before_any_child_starts_naming_the_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let file = config_file(&format!(
-        "[broker]\nlisten = \"127.0.0.1:{port}\"\nws_listen = \"127.0.0.1:{}\"\n[store]\ndir = \"{}\"\n",
-        common::free_port(),
-        dir.path().join("data").display()
-    ));
-    let output = smarthomed(&["run", "-c", file.path().to_str().unwrap()]);
-    // 2, a startup error; not 3, the restart limit of a crash-looping broker child.
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
-    let log = text(&output.stderr);
-    assert!(log.contains("broker.listen") && log.contains(&port.to_string()), "{log}");
-    assert!(!log.contains("pid="), "a child was started: {log}");
+    let (mqtt, ws) = (common::free_port(), common::free_port());
+    for (key, listeners) in [
+        (
+            "metrics.listen",
+            format!(
+                "[broker]\nlisten = \"127.0.0.1:{mqtt}\"\nws_listen = \"127.0.0.1:{ws}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+            ),
+        ),
+        ("broker.listen", format!("[broker]\nlisten = \"127.0.0.1:{port}\"\nws_listen = \"127.0.0.1:{ws}\"\n")),
+    ] {
+        let file = config_file(&format!("{listeners}[store]\ndir = \"{}\"\n", dir.path().join("data").display()));
+        let output = smarthomed(&["run", "-c", file.path().to_str().unwrap()]);
+        // 2, a startup error; not 3, the restart limit of a crash-looping broker child.
+        assert_eq!(output.status.code(), Some(2), "{key}: {}", text(&output.stderr));
+        let log = text(&output.stderr);
+        assert!(log.contains(key) && log.contains(&port.to_string()), "{log}");
+        assert!(!log.contains("pid="), "a child was started: {log}");
+    }
 }

@@ -12,11 +12,27 @@ use common::{Daemon, FAST_SUPERVISOR, connect, expect_message, expect_messages, 
 use nix::sys::signal::Signal;
 
 fn external_config(mosquitto: &Mosquitto, slack: &SlackServer) -> String {
+    config_for(&format!("url = \"mqtt://127.0.0.1:{}\"", mosquitto.port), slack)
+}
+
+/// `[mqtt]` with `url` (and whatever goes with it), the Mosquitto account, quick retries.
+fn config_for(url: &str, slack: &SlackServer) -> String {
     format!(
-        "[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nusername = \"{USER}\"\nreconnect_initial_ms = 100\nreconnect_max_ms = 500\nlost_alert_after_secs = 1\n{}{FAST_SUPERVISOR}",
-        mosquitto.port,
+        "[mqtt]\n{url}\nusername = \"{USER}\"\nreconnect_initial_ms = 100\nreconnect_max_ms = 500\nlost_alert_after_secs = 1\n{}{FAST_SUPERVISOR}",
         slack.config()
     )
+}
+
+/// Waits until both children say online on `mosquitto`; their availability from then on.
+async fn children_online(mosquitto: &Mosquitto) -> common::app::Messages {
+    let (client, eventloop) = connect(mosquitto.port, "watcher", Some((USER, PASSWORD))).await.unwrap();
+    let mut availability = subscriber(client, eventloop, "smarthomed/+/availability").await;
+    expect_messages(
+        &mut availability,
+        &[("smarthomed/processor/availability", "online"), ("smarthomed/syncer/availability", "online")],
+    )
+    .await;
+    availability
 }
 
 #[tokio::test]
@@ -30,13 +46,7 @@ async fn children_use_the_external_broker_and_say_goodbye_there() {
         &[("mqtt_password", PASSWORD)],
     );
 
-    let (client, eventloop) = connect(mosquitto.port, "watcher", Some((USER, PASSWORD))).await.unwrap();
-    let mut availability = subscriber(client, eventloop, "smarthomed/+/availability").await;
-    expect_messages(
-        &mut availability,
-        &[("smarthomed/processor/availability", "online"), ("smarthomed/syncer/availability", "online")],
-    )
-    .await;
+    let mut availability = children_online(&mosquitto).await;
     let children = daemon.wait_children(&["processor", "syncer"]).await;
     assert!(!children.contains_key("broker"), "an embedded broker was started: {children:?}");
 
@@ -89,18 +99,9 @@ async fn an_external_broker_over_tls_is_trusted_through_mqtt_ca_file() {
     let mosquitto = Mosquitto::start_with_tls(&cert, &key).await;
     let slack = SlackServer::start().await;
     let tls_port = mosquitto.tls_port.expect("TLS listener");
-    let config = external_config(&mosquitto, &slack).replace(
-        &format!("url = \"mqtt://127.0.0.1:{}\"", mosquitto.port),
-        &format!("url = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{}\"", ca.pem().display()),
-    );
-    assert!(config.contains("mqtts://"), "{config}");
+    let url = format!("url = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{}\"", ca.pem().display());
+    let config = config_for(&url, &slack);
     let _daemon = Daemon::start_with_keys("run", "embedded = false\n", &config, &[("mqtt_password", PASSWORD)]);
 
-    let (client, eventloop) = connect(mosquitto.port, "watcher", Some((USER, PASSWORD))).await.unwrap();
-    let mut availability = subscriber(client, eventloop, "smarthomed/+/availability").await;
-    expect_messages(
-        &mut availability,
-        &[("smarthomed/processor/availability", "online"), ("smarthomed/syncer/availability", "online")],
-    )
-    .await;
+    children_online(&mosquitto).await;
 }
