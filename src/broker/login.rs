@@ -2,8 +2,9 @@
 //!
 //! An Argon2 verification takes ~19 MiB and tens of milliseconds on purpose; a flood of
 //! wrong passwords must not turn that into gigabytes or into a way to tell which user
-//! names exist. So: at most [`VERIFICATIONS_AT_ONCE`] verifications run at a time (the
-//! rest wait their turn), an unknown user name costs a verification against a dummy
+//! names exist. So: at most [`VERIFICATIONS_AT_ONCE`] verifications run at a time, at
+//! most [`WAITING_AT_MOST`] more wait their turn (others are told the server is busy),
+//! an unknown user name costs a verification against a dummy
 //! hash like a known one, and a peer address with [`FAILURES_PER_WINDOW`] failed logins
 //! within [`FAILURE_WINDOW`] is refused as busy, without a verification, until the
 //! window has passed.
@@ -26,6 +27,9 @@ use super::password;
 use crate::config::{BrokerUser, INTERNAL_MQTT_USER, Secret};
 
 pub const VERIFICATIONS_AT_ONCE: usize = 2;
+/// Logins that may wait for a verifier; more are told the server is busy at once, so a
+/// flood holds neither connection slots nor memory while it waits.
+pub const WAITING_AT_MOST: usize = 8;
 pub const FAILURES_PER_WINDOW: u32 = 10;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Peers remembered at most; the oldest are forgotten first.
@@ -129,6 +133,8 @@ pub struct LoginGate {
     internal_password: Option<Secret>,
     /// Who may hand the verifier a job: as many as it has threads.
     verifications: Semaphore,
+    /// Who may run or wait for a verification at all.
+    admitted: Semaphore,
     verifier: Verifier,
     failures: Mutex<FailureLimiter>,
     /// What unknown users are checked against, so they cost what known ones do.
@@ -143,6 +149,7 @@ impl LoginGate {
             accounts,
             internal_password,
             verifications: Semaphore::new(VERIFICATIONS_AT_ONCE),
+            admitted: Semaphore::new(VERIFICATIONS_AT_ONCE + WAITING_AT_MOST),
             verifier: Verifier::start(),
             failures: Mutex::new(FailureLimiter::default()),
             dummy_hash: password::hash(&token).unwrap_or_default(),
@@ -180,6 +187,7 @@ impl LoginGate {
         let known = self.accounts.current().get(user).cloned();
         let hash = known.as_ref().map_or(self.dummy_hash.clone(), |hash| hash.expose().to_owned());
         let matches = {
+            let Ok(_admitted) = self.admitted.try_acquire() else { return Verdict::Busy };
             let Ok(_slot) = self.verifications.acquire().await else { return Verdict::Busy };
             // The failures of those ahead in the queue count too.
             if !allowed(peer) {
@@ -241,6 +249,24 @@ mod tests {
         assert_eq!(gate.verify("esp32", b"s3cret", Some(peer)).await, Verdict::Busy);
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         assert_eq!(gate.verify("esp32", b"s3cret", Some(other)).await, Verdict::Accepted);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logins_beyond_the_waiting_room_are_told_the_server_is_busy() {
+        let gate = Arc::new(gate());
+        let attempts: Vec<_> = (0..VERIFICATIONS_AT_ONCE + WAITING_AT_MOST + 6)
+            .map(|_| {
+                let gate = gate.clone();
+                tokio::spawn(async move { gate.verify("esp32", b"wrong", None).await })
+            })
+            .collect();
+        let mut verdicts = Vec::new();
+        for attempt in attempts {
+            verdicts.push(attempt.await.unwrap());
+        }
+        let busy = verdicts.iter().filter(|verdict| **verdict == Verdict::Busy).count();
+        assert!(busy >= 6, "{verdicts:?}");
+        assert!(verdicts.iter().all(|verdict| *verdict != Verdict::Accepted));
     }
 
     #[test]
