@@ -119,10 +119,67 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     pub max_inflight_messages: usize,
     pub connect_timeout_ms: u16,
-    /// The broker keeps a log per subscribed filter of at most
-    /// `log_segment_bytes * log_segment_count` bytes; sized here for a Raspberry Pi.
-    pub log_segment_bytes: usize,
-    pub log_segment_count: usize,
+    /// Messages queued per client (offline persistent sessions, slow subscribers);
+    /// past it the oldest are dropped, counted and logged.
+    pub max_queued_messages: usize,
+    /// Subscriptions one client may hold (0: no limit).
+    pub max_subscriptions_per_client: usize,
+    /// Retained topics the broker keeps (0: no limit); past it new ones are not kept.
+    pub max_retained_messages: usize,
+    /// How long an MQTT 3.1.1 persistent session (clean session off) outlives its
+    /// client; MQTT 5 clients ask for their own session expiry.
+    pub session_expiry_secs: u64,
+    /// Who may publish and subscribe where, before `acl`'s rules: "open" (anyone,
+    /// anywhere) or "car2home" (README, "Access control").
+    pub access: AccessPolicy,
+    /// Access rules, first match wins, checked before `access`.
+    pub acl: Vec<AclRule>,
+    /// No longer used (the engine before rmqtt kept a log per filter); accepted so
+    /// that an older config still loads, with a warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_segment_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_segment_count: Option<usize>,
+}
+
+/// The broker's access policy underneath `[[broker.acl]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessPolicy {
+    Open,
+    Car2home,
+}
+
+/// One access rule of `[[broker.acl]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// A user name, "$anonymous" (clients without one), "$accounts" (any account) or "*".
+    pub who: String,
+    /// Client ids the rule is limited to (an exact id); absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// A topic filter; `%u` stands for the user name, `%c` for the client id.
+    pub topic: String,
+    pub access: AclAccess,
+    pub permission: AclPermission,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclAccess {
+    /// Subscribe.
+    Read,
+    /// Publish.
+    Write,
+    ReadWrite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclPermission {
+    Allow,
+    Deny,
 }
 
 impl Default for BrokerConfig {
@@ -141,13 +198,25 @@ impl Default for BrokerConfig {
             max_connections: 256,
             max_inflight_messages: 100,
             connect_timeout_ms: 5_000,
-            log_segment_bytes: 1024 * 1024,
-            log_segment_count: 2,
+            max_queued_messages: 1_000,
+            max_subscriptions_per_client: 100,
+            max_retained_messages: 10_000,
+            session_expiry_secs: 7 * 24 * 3600,
+            access: AccessPolicy::Open,
+            acl: Vec::new(),
+            log_segment_bytes: None,
+            log_segment_count: None,
         }
     }
 }
 
 impl BrokerConfig {
+    /// The largest MQTT packet: a publish of `max_payload_bytes` with its topic and
+    /// properties (the broker and the daemon's own clients allow the same).
+    pub fn max_packet_bytes(&self) -> usize {
+        self.max_payload_bytes.saturating_add(1024)
+    }
+
     /// Every public listener with its key, the optional ones only when set.
     pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
         let mut listeners = vec![("broker.listen", self.listen), ("broker.ws_listen", self.ws_listen)];
@@ -545,7 +614,11 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let deserializer = toml::Deserializer::new(text);
+        let deserializer = toml::Deserializer::parse(text).map_err(|err| ConfigError::Parse {
+            path: origin.to_owned(),
+            key: String::new(),
+            message: err.to_string().trim().to_owned(),
+        })?;
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| ConfigError::Parse {
             path: origin.to_owned(),
             key: err.path().to_string(),
@@ -624,7 +697,7 @@ impl Config {
     /// Every numeric setting with its value and the range it must fall in, so that no
     /// value check-config accepts can overflow a duration, a capacity or an allocation
     /// at run time.
-    fn bounded_settings(&self) -> [(&'static str, u64, RangeInclusive<u64>); 36] {
+    fn bounded_settings(&self) -> [(&'static str, u64, RangeInclusive<u64>); 38] {
         const MIB: u64 = 1024 * 1024;
         const HOUR_MS: u64 = 3_600_000;
         const DAY_SECS: u64 = 86_400;
@@ -636,8 +709,10 @@ impl Config {
             ("broker.max_connections", n(broker.max_connections), 1..=100_000),
             ("broker.max_inflight_messages", n(broker.max_inflight_messages), 1..=65_535),
             ("broker.connect_timeout_ms", broker.connect_timeout_ms.into(), 1..=60_000),
-            ("broker.log_segment_bytes", n(broker.log_segment_bytes), 1..=1024 * MIB),
-            ("broker.log_segment_count", n(broker.log_segment_count), 1..=1_000),
+            ("broker.max_queued_messages", n(broker.max_queued_messages), 1..=1_000_000),
+            ("broker.max_subscriptions_per_client", n(broker.max_subscriptions_per_client), 0..=100_000),
+            ("broker.max_retained_messages", n(broker.max_retained_messages), 0..=10_000_000),
+            ("broker.session_expiry_secs", broker.session_expiry_secs, 0..=u64::from(u32::MAX)),
             ("mqtt.keep_alive_secs", mqtt.keep_alive_secs, 1..=65_535),
             ("mqtt.reconnect_initial_ms", mqtt.reconnect_initial_ms, 1..=HOUR_MS),
             ("mqtt.reconnect_max_ms", mqtt.reconnect_max_ms, 1..=24 * HOUR_MS),
@@ -795,11 +870,8 @@ impl Config {
             let key = if broker.tls_cert_file.is_none() { "broker.tls_cert_file" } else { "broker.tls_key_file" };
             return Err(invalid(key, "must be set for broker.tls_listen and broker.wss_listen"));
         }
-        if broker.log_segment_bytes < broker.max_payload_bytes {
-            return Err(invalid(
-                "broker.log_segment_bytes",
-                "must hold at least one message of broker.max_payload_bytes",
-            ));
+        for rule in &broker.acl {
+            crate::broker::acl::check_rule(rule).map_err(|err| invalid("broker.acl.topic", err))?;
         }
         let mut names = HashSet::new();
         for user in &broker.users {

@@ -195,17 +195,22 @@ fn main() -> ExitCode {
             Ok(Err(err)) => report(Err(err.into())),
             Err(err) => report(Err(err)),
         },
-        Command::Broker(_) => report(current_thread().and_then(|rt| {
-            rt.block_on(as_child(config, config_path, |context, shutdown| async move {
+        Command::Broker(_) => report(multi_thread().and_then(|rt| {
+            let outcome = rt.block_on(as_child(config, config_path, |context, shutdown| async move {
                 broker::run(
                     &context.config.broker,
+                    &context.config.store.dir,
                     context.reloads.clone(),
                     context.internal_password.clone(),
                     shutdown,
                 )
                 .await
                 .map_err(anyhow::Error::from)
-            }))
+            }));
+            // The engine's storage keeps tasks of its own that never end; they have
+            // written what they hold by now.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            outcome
         })),
         Command::Processor(_) => report(multi_thread().and_then(|rt| {
             rt.block_on(as_child(config, config_path, |context, shutdown| async move {
@@ -464,7 +469,8 @@ fn is_child() -> bool {
 }
 
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmqtt=warn,sled=warn,rumqttc=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LossyStderr);
     // A child writes one JSON object per event, which the supervisor re-logs at its
     // level and module, adding time and name: a newline in logged data (a schedule

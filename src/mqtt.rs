@@ -72,7 +72,7 @@ pub fn client_options(
         external_options(&config.mqtt.url, client_id, tls)?
     };
     options.set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_secs));
-    let payload_limit = config.broker.max_payload_bytes.saturating_add(1024);
+    let payload_limit = config.broker.max_packet_bytes();
     options.set_max_packet_size(payload_limit, payload_limit);
     match internal_password {
         Some(password) if config.mqtt.url.is_empty() => {

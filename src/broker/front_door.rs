@@ -1,15 +1,14 @@
 //! The broker's public listeners.
 //!
-//! rumqttd serves MQTT 3.1.1 and MQTT 5 on separate listeners, and a listener that
-//! fails to bind only logs. The front door binds the configured addresses itself (so
-//! a taken port is a startup error), reads each connection's CONNECT whole (within the
-//! connect timeout), admits or refuses it ([`connect`], [`login`](super::login)), and
-//! splices the connection to rumqttd's internal loopback listener for its version. It
-//! also enforces the connection limit before a connection costs the router anything,
-//! logs each connect and refusal with the client's real address, gives a WebSocket
-//! upgrade the same connect timeout, and terminates TLS for the `tls_listen` and
-//! `wss_listen` doors, so rumqttd only ever sees plain loopback connections and the
-//! certificate can change without a restart.
+//! The front door binds the configured addresses itself (so a taken port is a startup
+//! error), reads each connection's CONNECT whole (within the connect timeout), admits
+//! or refuses it ([`connect`], [`login`](super::login)) with the protocol's reason code
+//! and a log line naming the client's real address, and splices the connection to the
+//! engine's loopback listener behind a PROXY v1 header, so the engine sees that address
+//! too. It also enforces the connection limit before a connection costs the engine
+//! anything, gives a WebSocket upgrade the same connect timeout, and terminates TLS for
+//! the `tls_listen` and `wss_listen` doors, so the certificate can change without a
+//! restart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,11 +35,10 @@ pub const RESERVED_CLIENT_PREFIX: &str = "smarthomed-";
 /// Where accepted connections go.
 #[derive(Debug, Clone, Copy)]
 pub enum Route {
-    /// Plain MQTT: by protocol level, 5 to `v5`, anything else to `v4` (which answers
-    /// unsupported levels with a refusal).
-    ByVersion { v4: SocketAddr, v5: SocketAddr },
-    /// MQTT over WebSocket: everything to one backend.
-    Fixed(SocketAddr),
+    /// Plain MQTT (3.1, 3.1.1 and 5): the CONNECT is read and checked here.
+    Mqtt(SocketAddr),
+    /// MQTT over WebSocket: the CONNECT travels inside frames; the engine checks it.
+    WebSocket(SocketAddr),
 }
 
 pub struct FrontDoor {
@@ -152,7 +150,7 @@ async fn accept(
     splice(client, admission, route, sniff_timeout).await
 }
 
-/// What decides whether a CONNECT goes on to rumqttd.
+/// What decides whether a CONNECT goes on to the engine.
 struct Admission {
     logins: Arc<LoginGate>,
     authenticate: bool,
@@ -163,8 +161,7 @@ struct Admission {
 impl Admission {
     /// The CONNECT to forward, or why the client is refused. The daemon's client ids
     /// (`smarthomed-...`) are for its own processes, which must log in as such; a
-    /// checked password is replaced by the gate's token; keep alive 0 (off), which
-    /// rumqttd does not take, becomes the longest keep alive there is.
+    /// checked password is replaced by the gate's token.
     async fn admit(&self, mut connect: Connect) -> Result<Connect, Refusal> {
         let internal = connect.username.as_deref() == Some(INTERNAL_MQTT_USER);
         if connect.client_id.starts_with(RESERVED_CLIENT_PREFIX) && !internal {
@@ -178,9 +175,6 @@ impl Admission {
                 Verdict::BadCredentials => return Err(Refusal::BadCredentials),
                 Verdict::Busy => return Err(Refusal::ServerBusy),
             }
-        }
-        if connect.keep_alive == 0 {
-            connect.keep_alive = u16::MAX;
         }
         Ok(connect)
     }
@@ -197,14 +191,14 @@ where
 {
     let listener = admission.listener;
     let (backend_addr, prefix) = match route {
-        Route::Fixed(addr) => {
+        Route::WebSocket(addr) => {
             // The WebSocket upgrade request must come within the connect timeout too.
             let head = tokio::time::timeout(sniff_timeout, read_http_head(&mut client))
                 .await
                 .map_err(|_| SpliceError::Timeout)??;
             (addr, head)
         }
-        Route::ByVersion { v4, v5 } => {
+        Route::Mqtt(addr) => {
             let packet = tokio::time::timeout(sniff_timeout, read_connect(&mut client))
                 .await
                 .map_err(|_| SpliceError::Timeout)??;
@@ -214,7 +208,7 @@ where
             match admission.admit(connect).await {
                 Ok(connect) => {
                     info!(listener, %peer, client_id, user, protocol_level = level, "MQTT client connecting");
-                    (if level == 5 { v5 } else { v4 }, connect.encode())
+                    (addr, connect.encode())
                 }
                 Err(refusal) => {
                     info!(listener, %peer, client_id, user, "refused MQTT connection: {}", refusal.describe());
@@ -228,9 +222,12 @@ where
     };
     let mut backend = TcpStream::connect(backend_addr).await?;
     backend.set_nodelay(true)?;
-    backend.write_all(&prefix).await?;
+    // One write: the engine reads the PROXY header from its first bytes.
+    let mut first = proxy_header(admission.peer, backend.local_addr()?, backend_addr).into_bytes();
+    first.extend_from_slice(&prefix);
+    backend.write_all(&first).await?;
     // Only plain MQTT is framed as packets here; WebSocket carries them in its frames.
-    let packets = matches!(route, Route::ByVersion { .. });
+    let packets = matches!(route, Route::Mqtt(_));
     let mut received = Tally::new(listener, "received", packets);
     received.saw(&prefix);
     let sent = Tally::new(listener, "sent", packets);
@@ -251,9 +248,9 @@ where
     Ok(())
 }
 
-/// Copies rumqttd's output to the client, acknowledging each read at once. rumqttd
-/// leaves Nagle's algorithm on, so its second small write in a row (a publish right
-/// after an acknowledgement) would wait for our delayed ACK: 40 ms per message.
+/// Copies the engine's output to the client, acknowledging each read at once, so that
+/// a second small write in a row (a publish right after an acknowledgement) never waits
+/// for our delayed ACK.
 async fn forward_replies(
     mut from: tokio::net::tcp::OwnedReadHalf,
     to: &mut (impl AsyncWrite + Unpin),
@@ -345,5 +342,31 @@ async fn read_http_head(client: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>
         if head.len() > MAX_HEAD {
             return Err(SpliceError::HeadTooLarge);
         }
+    }
+}
+
+/// The PROXY protocol v1 header that tells the engine who the client is.
+fn proxy_header(peer: SocketAddr, local: SocketAddr, backend: SocketAddr) -> String {
+    // Both ends of the header must be of one family; the loopback side follows the peer's.
+    match peer {
+        SocketAddr::V4(peer) => {
+            format!("PROXY TCP4 {} {} {} {}\r\n", peer.ip(), local.ip(), peer.port(), backend.port())
+        }
+        SocketAddr::V6(peer) => format!("PROXY TCP6 {} ::1 {} {}\r\n", peer.ip(), peer.port(), backend.port()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_header_names_the_client_in_its_own_family() {
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let backend: SocketAddr = "127.0.0.1:41000".parse().unwrap();
+        let v4 = proxy_header("192.0.2.7:51000".parse().unwrap(), local, backend);
+        assert_eq!(v4, "PROXY TCP4 192.0.2.7 127.0.0.1 51000 41000\r\n");
+        let v6 = proxy_header("[2001:db8::7]:51000".parse().unwrap(), local, backend);
+        assert_eq!(v6, "PROXY TCP6 2001:db8::7 ::1 51000 41000\r\n");
     }
 }

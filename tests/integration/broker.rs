@@ -96,7 +96,7 @@ async fn accounts_refuse_wrong_passwords_unknown_users_and_anonymous_clients() {
 
 #[tokio::test]
 async fn oversize_payloads_are_refused_and_the_broker_keeps_serving() {
-    let daemon = Daemon::start("broker", "max_payload_bytes = 1024\nlog_segment_bytes = 65536\n", "");
+    let daemon = Daemon::start("broker", "max_payload_bytes = 1024\n", "");
     daemon.wait_broker().await;
     let (client, eventloop) = connect(daemon.mqtt_port, "sub", None).await.unwrap();
     let mut messages = subscriber(client, eventloop, "big/#").await;

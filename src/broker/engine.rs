@@ -1,0 +1,221 @@
+//! The MQTT engine: rmqtt, embedded in the broker process behind the front door.
+//!
+//! rmqtt serves MQTT 3.1.1 and 5 on one loopback listener and MQTT over WebSocket on
+//! another; only the front door connects to them, each connection prefixed with a PROXY
+//! v1 header that carries the client's real address. Retained messages and persistent
+//! sessions (subscriptions, queued and in-flight messages) live in sled databases under
+//! `<store.dir>/broker/`, so they outlive a restart. The settings whose rmqtt defaults
+//! lose data or hold memory without bound are set here from `[broker]` (README, "The
+//! broker engine"). Logins and topic access are decided by [`Gatekeeper`], a hook.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU16;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmqtt::codec::v5::SubscribeAckReason;
+use rmqtt::context::ServerContext;
+use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
+use rmqtt::net::{Builder, Listener};
+use rmqtt::server::MqttServer;
+use rmqtt::types::{AuthResult, PublishAclResult, SubscribeAclResult};
+use tracing::info;
+
+use super::acl::{Access, Identity, Policy};
+use super::login::{LoginGate, Verdict};
+use crate::config::{BrokerConfig, INTERNAL_MQTT_USER};
+
+/// How often sled writes what it holds in memory to its files; the stop waits this long
+/// (and a little more) after the last client has gone.
+pub const STORAGE_FLUSH: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot open the broker's loopback listener: {0}")]
+    Listener(String),
+    #[error("cannot start the broker's storage under {dir}: {reason}")]
+    Storage { dir: PathBuf, reason: String },
+}
+
+/// Where the front door hands connections on.
+#[derive(Debug, Clone, Copy)]
+pub struct Backends {
+    pub mqtt: SocketAddr,
+    pub websocket: SocketAddr,
+}
+
+/// A configured engine, its listeners bound, not yet serving.
+pub struct Engine {
+    server: MqttServer,
+    pub backends: Backends,
+}
+
+impl Engine {
+    /// Opens the storage under `data_dir` and binds the loopback listeners. Anonymous
+    /// clients are let in on a backend whose public door allows them.
+    pub async fn new(
+        config: &BrokerConfig,
+        data_dir: &Path,
+        logins: Arc<LoginGate>,
+        policy: Arc<Policy>,
+        anonymous: AnonymousAt,
+    ) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|err| EngineError::Storage { dir: data_dir.to_owned(), reason: err.to_string() })?;
+        let sled = |name: &str| {
+            let path = data_dir.join(name);
+            format!(
+                "storage.type = \"sled\"\nstorage.sled.path = {:?}\nstorage.sled.cache_capacity = \"8M\"\n",
+                path.display().to_string()
+            )
+        };
+        let scx = ServerContext::new()
+            // A ttl of 0 keeps retained messages until replaced: without it the retainer
+            // takes the message expiry of 0 ("never", above) as "already expired".
+            .plugins_config_map_add(
+                RETAINER,
+                format!(
+                    "{}max_retained_messages = {}\nretained_message_ttl = \"0s\"\n",
+                    sled("retained"),
+                    config.max_retained_messages
+                ),
+            )
+            .plugins_config_map_add(SESSIONS, sled("sessions"))
+            .build()
+            .await;
+        let storage = |err: rmqtt::Error| EngineError::Storage { dir: data_dir.to_owned(), reason: err.to_string() };
+        rmqtt_retainer::register_named(&scx, RETAINER, true, true).await.map_err(storage)?;
+        rmqtt_session_storage::register_named(&scx, SESSIONS, true, true).await.map_err(storage)?;
+        let register = scx.extends.hook_mgr().register();
+        let gatekeeper = || Box::new(Gatekeeper { logins: logins.clone(), policy: policy.clone() });
+        register.add(Type::ClientAuthenticate, gatekeeper()).await;
+        register.add(Type::MessagePublishCheckAcl, gatekeeper()).await;
+        register.add(Type::ClientSubscribeCheckAcl, gatekeeper()).await;
+        register.start().await;
+
+        let mqtt = listener(config, "mqtt", anonymous.mqtt)?.tcp().map_err(listener_error)?;
+        let websocket = listener(config, "websocket", anonymous.websocket)?.ws().map_err(listener_error)?;
+        let backends = Backends {
+            mqtt: mqtt.local_addr().map_err(listener_error)?,
+            websocket: websocket.local_addr().map_err(listener_error)?,
+        };
+        let server = MqttServer::new(scx)
+            .listener_by_id(mqtt, MQTT_LISTENER_ID)
+            .listener_by_id(websocket, WEBSOCKET_LISTENER_ID)
+            .build();
+        Ok(Self { server, backends })
+    }
+
+    /// Serves until the process ends (rmqtt has no way to stop its listeners), or why
+    /// it could not.
+    pub async fn serve(self) -> Result<(), String> {
+        self.server.run().await.map_err(|err| err.to_string())
+    }
+}
+
+const RETAINER: &str = "rmqtt-retainer";
+// Stored sessions remember their listener by id, so the ids stay the same across starts.
+const MQTT_LISTENER_ID: u16 = 1;
+const WEBSOCKET_LISTENER_ID: u16 = 2;
+const SESSIONS: &str = "rmqtt-session-storage";
+
+/// Whether anonymous clients may use each backend (as their public door allows).
+#[derive(Debug, Clone, Copy)]
+pub struct AnonymousAt {
+    pub mqtt: bool,
+    pub websocket: bool,
+}
+
+fn listener_error(err: rmqtt::Error) -> EngineError {
+    EngineError::Listener(err.to_string())
+}
+
+fn listener(config: &BrokerConfig, name: &str, allow_anonymous: bool) -> Result<Listener, EngineError> {
+    let max_inflight = u16::try_from(config.max_inflight_messages).unwrap_or(u16::MAX);
+    Builder::new()
+        .name(name)
+        .laddr(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .nodelay(true)
+        .proxy_protocol(true)
+        .allow_anonymous(allow_anonymous)
+        .max_connections(config.max_connections)
+        .max_packet_size(u32::try_from(config.max_packet_bytes()).unwrap_or(u32::MAX))
+        .max_inflight(NonZeroU16::new(max_inflight).unwrap_or(NonZeroU16::MIN))
+        .handshake_timeout(Duration::from_millis(u64::from(config.connect_timeout_ms)))
+        .max_mqueue_len(config.max_queued_messages)
+        // MQTT 3.1.1 persistent sessions; an MQTT 5 client sets its own expiry.
+        .session_expiry_interval(Duration::from_secs(config.session_expiry_secs))
+        // rmqtt's default of 300 s would drop a command queued for a device that is
+        // offline for five minutes; messages expire only when their publisher says so.
+        .message_expiry_interval(Duration::ZERO)
+        .max_subscriptions(config.max_subscriptions_per_client)
+        .bind()
+        .map_err(listener_error)
+}
+
+/// Decides logins and topic access for the engine.
+struct Gatekeeper {
+    logins: Arc<LoginGate>,
+    policy: Arc<Policy>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Gatekeeper {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        match param {
+            Parameter::ClientAuthenticate(connect) => {
+                let user = connect.username().map(|user| user.to_string()).unwrap_or_default();
+                let password = connect.password().map(|password| password.to_vec()).unwrap_or_default();
+                // The front door put its token where it checked the password itself;
+                // logins inside WebSocket frames are checked here.
+                let verdict = if self.logins.is_token(&password) {
+                    Verdict::Accepted
+                } else {
+                    let peer = connect.id().remote_addr.map(|addr| addr.ip());
+                    self.logins.verify(&user, &password, peer).await
+                };
+                let result = match verdict {
+                    Verdict::Accepted => AuthResult::Allow(user == INTERNAL_MQTT_USER, None),
+                    Verdict::BadCredentials => AuthResult::BadUsernameOrPassword,
+                    Verdict::Busy => AuthResult::NotAuthorized,
+                };
+                (false, Some(HookResult::AuthResult(result)))
+            }
+            Parameter::MessagePublishCheckAcl(session, publish) => {
+                let identity = identity(session);
+                if self.policy.allows(&identity, Access::Publish, &publish.topic) {
+                    return (true, acc);
+                }
+                info!(
+                    user = identity.user,
+                    client_id = identity.client_id,
+                    peer = ?session.id.remote_addr,
+                    topic = %publish.topic,
+                    "refused a publish: not allowed by the broker's access rules"
+                );
+                (false, Some(HookResult::PublishAclResult(PublishAclResult::rejected(false, None))))
+            }
+            Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
+                let identity = identity(session);
+                if self.policy.allows(&identity, Access::Subscribe, &subscribe.topic_filter) {
+                    return (true, acc);
+                }
+                info!(
+                    user = identity.user,
+                    client_id = identity.client_id,
+                    peer = ?session.id.remote_addr,
+                    filter = %subscribe.topic_filter,
+                    "refused a subscription: not allowed by the broker's access rules"
+                );
+                let refused = SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized);
+                (false, Some(HookResult::SubscribeAclResult(refused)))
+            }
+            _ => (true, acc),
+        }
+    }
+}
+
+fn identity(session: &rmqtt::session::Session) -> Identity<'_> {
+    Identity { user: session.id.username.as_deref(), client_id: &session.id.client_id }
+}
