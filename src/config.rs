@@ -134,6 +134,8 @@ pub struct BrokerConfig {
     pub access: AccessPolicy,
     /// Access rules, first match wins, checked before `access`.
     pub acl: Vec<AclRule>,
+    /// How often the `$SYS/broker/...` topics are published (0: never).
+    pub sys_interval_secs: u64,
     /// No longer used (the engine before rmqtt kept a log per filter); accepted so
     /// that an older config still loads, with a warning.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,6 +206,7 @@ impl Default for BrokerConfig {
             session_expiry_secs: 7 * 24 * 3600,
             access: AccessPolicy::Open,
             acl: Vec::new(),
+            sys_interval_secs: 10,
             log_segment_bytes: None,
             log_segment_count: None,
         }
@@ -697,7 +700,7 @@ impl Config {
     /// Every numeric setting with its value and the range it must fall in, so that no
     /// value check-config accepts can overflow a duration, a capacity or an allocation
     /// at run time.
-    fn bounded_settings(&self) -> [(&'static str, u64, RangeInclusive<u64>); 38] {
+    fn bounded_settings(&self) -> [(&'static str, u64, RangeInclusive<u64>); 39] {
         const MIB: u64 = 1024 * 1024;
         const HOUR_MS: u64 = 3_600_000;
         const DAY_SECS: u64 = 86_400;
@@ -713,6 +716,7 @@ impl Config {
             ("broker.max_subscriptions_per_client", n(broker.max_subscriptions_per_client), 0..=100_000),
             ("broker.max_retained_messages", n(broker.max_retained_messages), 0..=10_000_000),
             ("broker.session_expiry_secs", broker.session_expiry_secs, 0..=u64::from(u32::MAX)),
+            ("broker.sys_interval_secs", broker.sys_interval_secs, 0..=DAY_SECS),
             ("mqtt.keep_alive_secs", mqtt.keep_alive_secs, 1..=65_535),
             ("mqtt.reconnect_initial_ms", mqtt.reconnect_initial_ms, 1..=HOUR_MS),
             ("mqtt.reconnect_max_ms", mqtt.reconnect_max_ms, 1..=24 * HOUR_MS),

@@ -42,6 +42,10 @@ impl Policy {
     }
 
     pub fn allows(&self, who: &Identity<'_>, access: Access, topic: &str) -> bool {
+        // `$` topics are the broker's own (`$SYS`), whatever the rules say.
+        if access == Access::Publish && topic.starts_with('$') {
+            return false;
+        }
         if let Some(permission) = first_match(&self.rules, who, access, topic) {
             return permission == AclPermission::Allow;
         }
@@ -179,6 +183,7 @@ fn car2home_rules() -> Vec<AclRule> {
         rule("*", Some(APPLIANCE_CLIENT_ID), "data/smarthome", Write),
         rule("*", None, "smarthomed/#", Read),
         rule("*", None, "homeassistant/#", Read),
+        rule("*", None, "$SYS/broker/#", Read),
         rule("*", None, "smarthomed/robot/v1/+/estop/request", Write),
         rule("*", None, "smarthomed/robot/v1/%r/connection", Write),
         rule("*", None, "smarthomed/robot/v1/%r/state", Write),
@@ -237,6 +242,22 @@ mod tests {
         assert!(!policy.allows(&ANONYMOUS, Access::Publish, "webos/android/info"));
         assert!(policy.allows(&ANONYMOUS, Access::Subscribe, "webos/android/info"));
         assert!(!policy.allows(&ANONYMOUS, Access::Subscribe, "webos/#"));
+        assert!(policy.allows(&ANONYMOUS, Access::Subscribe, "$SYS/broker/#"));
+    }
+
+    #[test]
+    fn nobody_publishes_on_the_brokers_own_topics() {
+        let rules = [AclRule {
+            who: "*".into(),
+            client_id: None,
+            topic: "#".into(),
+            access: AclAccess::ReadWrite,
+            permission: AclPermission::Allow,
+        }];
+        for policy in [Policy::new(&rules, AccessPolicy::Open), Policy::new(&[], AccessPolicy::Open)] {
+            assert!(!policy.allows(&APP, Access::Publish, "$SYS/broker/uptime"));
+            assert!(policy.allows(&APP, Access::Subscribe, "$SYS/#"));
+        }
     }
 
     #[test]

@@ -14,12 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rmqtt::codec::types::{Publish as CodecPublish, QoS};
 use rmqtt::codec::v5::SubscribeAckReason;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::{Builder, Listener};
 use rmqtt::server::MqttServer;
-use rmqtt::types::{AuthResult, PublishAclResult, SubscribeAclResult};
+use rmqtt::session::SessionState;
+use rmqtt::types::{AuthResult, From, Id, Publish, PublishAclResult, SubscribeAclResult};
 use tracing::info;
 
 use super::acl::{Access, Identity, Policy};
@@ -49,6 +51,33 @@ pub struct Backends {
 pub struct Engine {
     server: MqttServer,
     pub backends: Backends,
+    pub publisher: SystemPublisher,
+}
+
+/// Publishes the broker's own messages (`$SYS`) straight into the engine.
+#[derive(Clone)]
+pub struct SystemPublisher {
+    scx: ServerContext,
+    id: Id,
+}
+
+impl SystemPublisher {
+    /// Publishes at QoS 0, not retained.
+    pub async fn publish(&self, topic: &str, payload: String) -> Result<(), String> {
+        let publish = Publish::from(CodecPublish {
+            dup: false,
+            retain: false,
+            qos: QoS::AtMostOnce,
+            topic: topic.into(),
+            packet_id: None,
+            payload: payload.into(),
+            properties: None,
+        })
+        .create_time(chrono::Utc::now().timestamp_millis());
+        SessionState::forwards(&self.scx, From::from_system(self.id.clone()), publish, false, None)
+            .await
+            .map_err(|err| err.to_string())
+    }
 }
 
 impl Engine {
@@ -100,11 +129,15 @@ impl Engine {
             mqtt: mqtt.local_addr().map_err(listener_error)?,
             websocket: websocket.local_addr().map_err(listener_error)?,
         };
+        let publisher = SystemPublisher {
+            id: Id::new(scx.node.id(), 0, None, None, "smarthomed-broker".into(), Some(INTERNAL_MQTT_USER.into())),
+            scx: scx.clone(),
+        };
         let server = MqttServer::new(scx)
             .listener_by_id(mqtt, MQTT_LISTENER_ID)
             .listener_by_id(websocket, WEBSOCKET_LISTENER_ID)
             .build();
-        Ok(Self { server, backends })
+        Ok(Self { server, backends, publisher })
     }
 
     /// Serves until the process ends (rmqtt has no way to stop its listeners), or why

@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,6 +26,7 @@ use super::certificates::Certificates;
 use super::connect::{self, Connect, Refusal};
 use super::login::{LoginGate, Verdict};
 use super::packet_counter::PacketCounter;
+use super::sys::Counters;
 use crate::config::INTERNAL_MQTT_USER;
 use crate::log_limit::{LogLimiter, Verdict as LogVerdict};
 
@@ -53,6 +55,8 @@ pub struct FrontDoor {
     pub logins: Arc<LoginGate>,
     /// Whether every client must log in (once accounts exist).
     pub authenticate: bool,
+    /// What `$SYS` reports.
+    pub counters: Arc<Counters>,
 }
 
 impl FrontDoor {
@@ -87,6 +91,7 @@ impl FrontDoor {
             let tls = self.tls.as_ref().map(|certificates| certificates.acceptor());
             let admission =
                 Admission { logins: self.logins.clone(), authenticate: self.authenticate, peer, listener: name };
+            let counters = self.counters.clone();
             let shutdown = shutdown.clone();
             metrics::counter!("smarthomed_broker_connections_total", "listener" => name).increment(1);
             let open = metrics::gauge!("smarthomed_broker_connections", "listener" => name);
@@ -96,7 +101,7 @@ impl FrontDoor {
                 let _counted = OpenConnection(open);
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    result = accept(stream, admission, tls, route, sniff_timeout) => {
+                    result = accept(stream, admission, tls, route, sniff_timeout, counters) => {
                         if let Err(err) = result {
                             debug!(listener = name, %peer, "connection ended: {err}");
                         }
@@ -138,16 +143,17 @@ async fn accept(
     tls: Option<tokio_rustls::TlsAcceptor>,
     route: Route,
     sniff_timeout: Duration,
+    counters: Arc<Counters>,
 ) -> Result<(), SpliceError> {
     client.set_nodelay(true)?;
     let Some(acceptor) = tls else {
-        return splice(client, admission, route, sniff_timeout).await;
+        return splice(client, admission, route, sniff_timeout, counters).await;
     };
     let client = tokio::time::timeout(sniff_timeout, acceptor.accept(client))
         .await
         .map_err(|_| SpliceError::HandshakeTimeout)?
         .map_err(SpliceError::Handshake)?;
-    splice(client, admission, route, sniff_timeout).await
+    splice(client, admission, route, sniff_timeout, counters).await
 }
 
 /// What decides whether a CONNECT goes on to the engine.
@@ -185,6 +191,7 @@ async fn splice<S>(
     admission: Admission,
     route: Route,
     sniff_timeout: Duration,
+    counters: Arc<Counters>,
 ) -> Result<(), SpliceError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -228,9 +235,11 @@ where
     backend.write_all(&first).await?;
     // Only plain MQTT is framed as packets here; WebSocket carries them in its frames.
     let packets = matches!(route, Route::Mqtt(_));
-    let mut received = Tally::new(listener, "received", packets);
+    let _connected = Connected::count(&counters);
+    let mut received = Tally::new(listener, Direction::Received, packets, counters.clone());
+    // The CONNECT alone: nothing after it has been read.
     received.saw(&prefix);
-    let sent = Tally::new(listener, "sent", packets);
+    let sent = Tally::new(listener, Direction::Sent, packets, counters);
     let (mut client_in, mut client_out) = tokio::io::split(client);
     let (backend_in, mut backend_out) = backend.into_split();
     let requests = async {
@@ -240,8 +249,12 @@ where
             if read == 0 {
                 return backend_out.shutdown().await;
             }
-            received.saw(&buf[..read]);
-            backend_out.write_all(&buf[..read]).await?;
+            // Nothing after a DISCONNECT goes on, and the connection ends with it.
+            let disconnect_end = received.saw(&buf[..read]);
+            backend_out.write_all(&buf[..disconnect_end.unwrap_or(read)]).await?;
+            if disconnect_end.is_some() {
+                return backend_out.shutdown().await;
+            }
         }
     };
     tokio::try_join!(requests, forward_replies(backend_in, &mut client_out, sent))?;
@@ -270,30 +283,67 @@ async fn forward_replies(
     }
 }
 
+/// Counts a client as connected, from its admission until dropped.
+struct Connected(Arc<Counters>);
+
+impl Connected {
+    fn count(counters: &Arc<Counters>) -> Self {
+        counters.clients_connected.fetch_add(1, Ordering::Relaxed);
+        Self(counters.clone())
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.clients_connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    /// From clients.
+    Received,
+    Sent,
+}
+
 /// The bytes, and on plain MQTT the messages (PUBLISH packets), one direction of a
-/// connection carries, counted per listener (`received`: from clients).
+/// connection carries, counted per listener for the metrics and in all for `$SYS`.
 struct Tally {
     packets: Option<PacketCounter>,
     messages: metrics::Counter,
     bytes: metrics::Counter,
+    direction: Direction,
+    counters: Arc<Counters>,
 }
 
 impl Tally {
-    fn new(listener: &'static str, direction: &'static str, packets: bool) -> Self {
+    fn new(listener: &'static str, direction: Direction, packets: bool, counters: Arc<Counters>) -> Self {
+        let name = match direction {
+            Direction::Received => "received",
+            Direction::Sent => "sent",
+        };
         Self {
             packets: packets.then(PacketCounter::default),
-            messages: metrics::counter!(
-                format!("smarthomed_broker_messages_{direction}_total"), "listener" => listener
-            ),
-            bytes: metrics::counter!(format!("smarthomed_broker_bytes_{direction}_total"), "listener" => listener),
+            messages: metrics::counter!(format!("smarthomed_broker_messages_{name}_total"), "listener" => listener),
+            bytes: metrics::counter!(format!("smarthomed_broker_bytes_{name}_total"), "listener" => listener),
+            direction,
+            counters,
         }
     }
 
-    fn saw(&mut self, bytes: &[u8]) {
+    /// Counts `bytes`; returns where a DISCONNECT in them ends.
+    fn saw(&mut self, bytes: &[u8]) -> Option<usize> {
+        let (total_messages, total_bytes) = match self.direction {
+            Direction::Received => (&self.counters.messages_received, &self.counters.bytes_received),
+            Direction::Sent => (&self.counters.messages_sent, &self.counters.bytes_sent),
+        };
         self.bytes.increment(bytes.len() as u64);
-        if let Some(packets) = &mut self.packets {
-            self.messages.increment(packets.publishes_in(bytes));
-        }
+        total_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let packets = self.packets.as_mut()?;
+        let seen = packets.follow(bytes);
+        self.messages.increment(seen.publishes);
+        total_messages.fetch_add(seen.publishes, Ordering::Relaxed);
+        seen.disconnect_end
     }
 }
 

@@ -15,6 +15,7 @@ pub mod front_door;
 pub mod login;
 pub mod packet_counter;
 pub mod password;
+pub mod sys;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -83,6 +84,8 @@ pub async fn run(
     let policy = Arc::new(acl::Policy::new(&config.acl, config.access));
     let engine = Engine::new(config, &store_dir.join("broker"), logins.clone(), policy, anonymous_at).await?;
     let backends = engine.backends;
+    let publisher = engine.publisher.clone();
+    let counters = Arc::new(sys::Counters::default());
 
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let sniff_timeout = Duration::from_millis(u64::from(config.connect_timeout_ms));
@@ -96,6 +99,7 @@ pub async fn run(
         tls: tls.cloned(),
         logins: logins.clone(),
         authenticate: authenticating,
+        counters: counters.clone(),
     };
     let (mqtt, websocket) = (Route::Mqtt(backends.mqtt), Route::WebSocket(backends.websocket));
     let mut doors = vec![door("mqtt", tcp, mqtt, None), door("websocket", ws, websocket, None)];
@@ -115,6 +119,10 @@ pub async fn run(
     });
     for door in doors {
         tracker.spawn(door.serve(tracker.clone(), shutdown.clone()));
+    }
+    if config.sys_interval_secs > 0 {
+        let interval = Duration::from_secs(config.sys_interval_secs);
+        tracker.spawn(publish_sys(publisher, counters, interval, shutdown.clone()));
     }
     tracker.close();
     info!(
@@ -161,6 +169,33 @@ pub async fn run(
     // Clients are gone and their sessions stored; give the storage time to write them.
     tokio::time::sleep(engine::STORAGE_FLUSH + Duration::from_millis(200)).await;
     result
+}
+
+/// Publishes the `$SYS` topics every `interval`, from the first moment on.
+async fn publish_sys(
+    publisher: engine::SystemPublisher,
+    counters: Arc<sys::Counters>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let started = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures_logged = crate::log_limit::LogLimiter::default();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for (topic, payload) in sys::messages(&counters.read(), started.elapsed()) {
+            if let Err(err) = publisher.publish(topic, payload).await
+                && let crate::log_limit::Verdict::Log { suppressed_before } =
+                    failures_logged.check("sys", std::time::Instant::now())
+            {
+                warn!(topic, suppressed_before, "cannot publish a $SYS message: {err}");
+            }
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, BrokerError> {

@@ -1,13 +1,17 @@
-//! Counts MQTT packets in a byte stream, for the broker's message metrics.
+//! Follows the MQTT packets in a byte stream: counts them for the broker's message
+//! metrics and spots a client's DISCONNECT.
 //!
-//! rumqttd keeps no counters we can read, but every client's bytes pass through the
-//! front door. [`PacketCounter`] follows the packet framing (a type byte, a variable
-//! length, a body) across reads of any size and counts the PUBLISH packets, without
-//! copying or decoding anything else. A stream that breaks the framing is not the
-//! counter's business: rumqttd closes such a connection.
+//! Every client's bytes pass through the front door. [`PacketCounter`] follows the
+//! packet framing (a type byte, a variable length, a body) across reads of any size,
+//! counts the PUBLISH packets and tells where a DISCONNECT ends, without copying or
+//! decoding anything else: the engine leaves a connection open after a DISCONNECT,
+//! and clients that wait for the server to close it (as the MQTT specification lets
+//! them) would wait forever. A stream that breaks the framing is not the counter's
+//! business: the engine closes such a connection.
 
-/// MQTT control packet type 3.
+/// MQTT control packet types.
 const PUBLISH: u8 = 3;
+const DISCONNECT: u8 = 14;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Position {
@@ -23,21 +27,34 @@ enum Position {
 #[derive(Debug, Default)]
 pub struct PacketCounter {
     position: Position,
+    /// The type of the packet being read.
+    packet_type: u8,
+}
+
+/// What one part of the stream held.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// PUBLISH packets that begin in it.
+    pub publishes: u64,
+    /// Where a DISCONNECT ends in it, if one does; the counter stops there.
+    pub disconnect_end: Option<usize>,
 }
 
 impl PacketCounter {
-    /// Follows `bytes`, the next part of the stream; returns the PUBLISH packets that
-    /// begin in it.
-    pub fn publishes_in(&mut self, mut bytes: &[u8]) -> u64 {
-        let mut publishes = 0;
-        while let Some((&byte, rest)) = bytes.split_first() {
+    /// Follows `bytes`, the next part of the stream.
+    pub fn follow(&mut self, bytes: &[u8]) -> Seen {
+        let mut seen = Seen::default();
+        let mut rest = bytes;
+        while let Some((&byte, tail)) = rest.split_first() {
             match self.position {
                 Position::Header => {
-                    if byte >> 4 == PUBLISH {
-                        publishes += 1;
+                    self.packet_type = byte >> 4;
+                    if self.packet_type == PUBLISH {
+                        seen.publishes += 1;
                     }
                     self.position = Position::Length { value: 0, shift: 0 };
-                    bytes = rest;
+                    rest = tail;
+                    continue;
                 }
                 Position::Length { value, shift } => {
                     let value = value | usize::from(byte & 0x7f) << shift;
@@ -48,16 +65,20 @@ impl PacketCounter {
                     } else {
                         Position::Body(value)
                     };
-                    bytes = rest;
+                    rest = tail;
                 }
                 Position::Body(left) => {
-                    let skipped = left.min(bytes.len());
+                    let skipped = left.min(rest.len());
                     self.position = if skipped == left { Position::Header } else { Position::Body(left - skipped) };
-                    bytes = &bytes[skipped..];
+                    rest = &rest[skipped..];
                 }
             }
+            if self.position == Position::Header && self.packet_type == DISCONNECT {
+                seen.disconnect_end = Some(bytes.len() - rest.len());
+                return seen;
+            }
         }
-        publishes
+        seen
     }
 }
 
@@ -81,7 +102,17 @@ mod tests {
 
     #[test]
     fn counts_publishes_whole_and_not_payload_bytes_that_look_like_one() {
-        assert_eq!(PacketCounter::default().publishes_in(&stream()), 2);
+        let stream = stream();
+        let seen = PacketCounter::default().follow(&stream);
+        assert_eq!(seen, Seen { publishes: 2, disconnect_end: Some(stream.len()) });
+    }
+
+    #[test]
+    fn stops_where_a_disconnect_with_properties_ends() {
+        let mut bytes = vec![0xc0, 0x00, 0xe0, 0x02, 0x00, 0x00];
+        bytes.extend_from_slice(&[0x30, 0x04, 0x00, 0x01, b'x', b'!']);
+        let seen = PacketCounter::default().follow(&bytes);
+        assert_eq!(seen, Seen { publishes: 0, disconnect_end: Some(6) });
     }
 
     #[test]
@@ -89,15 +120,17 @@ mod tests {
         let bytes = stream();
         for chunk in [1, 2, 3, 7, 64, 200] {
             let mut counter = PacketCounter::default();
-            let total: u64 = bytes.chunks(chunk).map(|part| counter.publishes_in(part)).sum();
-            assert_eq!(total, 2, "reads of {chunk} bytes");
+            let seen: Vec<Seen> = bytes.chunks(chunk).map(|part| counter.follow(part)).collect();
+            assert_eq!(seen.iter().map(|seen| seen.publishes).sum::<u64>(), 2, "reads of {chunk} bytes");
+            let last = seen.last().unwrap();
+            assert_eq!(last.disconnect_end, Some(bytes.len() - (bytes.len() - 1) / chunk * chunk), "{chunk}");
         }
     }
 
     #[test]
     fn a_broken_length_does_not_loop_or_panic() {
         let mut counter = PacketCounter::default();
-        counter.publishes_in(&[0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
-        counter.publishes_in(&[0u8; 64]);
+        counter.follow(&[0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        counter.follow(&[0u8; 64]);
     }
 }

@@ -6,6 +6,9 @@
 mod common;
 
 mod broker;
+mod broker_access;
+mod broker_conformance;
+mod broker_durability;
 mod cli;
 mod external_broker;
 mod firebase;

@@ -162,23 +162,17 @@ impl Daemon {
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("smarthomed.toml"), config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let mut command = smarthomed_command();
-        command
-            .arg(subcommand)
-            .arg("-c")
-            .arg(dir.path().join("smarthomed.toml"))
-            .current_dir(dir.path())
-            .env_remove("NOTIFY_SOCKET")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command.spawn().expect("start smarthomed");
+        let child = spawn_in(dir.path(), subcommand, env);
         Self { dir, mqtt_port, ws_port, child: Some(child), seen: Default::default() }
+    }
+
+    /// Stops the daemon with SIGTERM, waits for it to exit, and starts `subcommand`
+    /// again with the same directory, config and ports (its log goes on in the same file).
+    pub async fn restart(&mut self, subcommand: &str) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "the daemon's stop failed: {status}\n{}", self.log());
+        self.child = Some(spawn_in(self.dir.path(), subcommand, &[]));
     }
 
     pub fn pid(&self) -> u32 {
@@ -227,6 +221,27 @@ impl Daemon {
         })
         .await;
     }
+}
+
+/// Starts `smarthomed <subcommand> -c <dir>/smarthomed.toml` in `dir`, appending its
+/// output to `<dir>/daemon.log`.
+fn spawn_in(dir: &std::path::Path, subcommand: &str, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).expect("log file");
+    let mut command = smarthomed_command();
+    command
+        .arg(subcommand)
+        .arg("-c")
+        .arg(dir.join("smarthomed.toml"))
+        .current_dir(dir)
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.spawn().expect("start smarthomed")
 }
 
 impl Drop for Daemon {
@@ -346,10 +361,19 @@ pub async fn connect_with(options: MqttOptions) -> Result<(AsyncClient, EventLoo
 /// Subscribes and returns a receiver of (topic, payload, retain) for what arrives.
 pub async fn subscriber(
     client: AsyncClient,
-    mut eventloop: EventLoop,
+    eventloop: EventLoop,
     filter: &str,
 ) -> tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)> {
     client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe");
+    receiver(client, eventloop)
+}
+
+/// A receiver of (topic, payload, retain) for what arrives on subscriptions the client
+/// already has (a persistent session's).
+pub fn receiver(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let _client = client;

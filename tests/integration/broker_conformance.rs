@@ -1,0 +1,306 @@
+//! What MQTT asks of a broker, checked on the embedded one (`smarthomed broker`) with
+//! real clients: delivered QoS, MQTT 5 session expiry, no local, retain handling, a
+//! subscriber that falls behind, and Mosquitto's `$SYS` topics.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::{Daemon, connect, subscriber};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet as V5Packet, RetainForwardRule};
+use rumqttc::{Event, Packet, QoS};
+
+/// Every publish a 3.1.1 client receives, as (topic, payload, QoS).
+fn deliveries(
+    client: rumqttc::AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, String, QoS)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _client = client;
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::Publish(publish)) = event {
+                let payload = String::from_utf8_lossy(&publish.payload).into_owned();
+                if tx.send((publish.topic, payload, publish.qos)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn next_on(rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String, QoS)>, topic: &str) -> QoS {
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some((got, _, qos)) = rx.recv().await {
+            if got == topic {
+                return qos;
+            }
+        }
+        panic!("the subscriber's connection ended");
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("nothing on {topic} within 10 s"))
+}
+
+#[tokio::test]
+async fn delivered_qos_is_the_lower_of_published_and_granted() {
+    let daemon = Daemon::start("broker", "", "");
+    daemon.wait_broker().await;
+    let (granted_1, loop_1) = connect(daemon.mqtt_port, "granted-1", None).await.unwrap();
+    granted_1.subscribe("qos/#", QoS::AtLeastOnce).await.unwrap();
+    let mut at_1 = deliveries(granted_1, loop_1);
+    let (granted_0, loop_0) = connect(daemon.mqtt_port, "granted-0", None).await.unwrap();
+    granted_0.subscribe("qos/#", QoS::AtMostOnce).await.unwrap();
+    let mut at_0 = deliveries(granted_0, loop_0);
+    let publisher = common::app::publisher(&daemon, "qos-pub").await;
+    // Both subscriptions are in place once a probe reaches both.
+    loop {
+        publisher.publish("qos/probe", QoS::AtLeastOnce, false, "").await.unwrap();
+        let both = tokio::time::timeout(Duration::from_millis(500), async {
+            next_on(&mut at_1, "qos/probe").await;
+            next_on(&mut at_0, "qos/probe").await;
+        })
+        .await;
+        if both.is_ok() {
+            break;
+        }
+    }
+
+    publisher.publish("qos/zero", QoS::AtMostOnce, false, "0").await.unwrap();
+    publisher.publish("qos/one", QoS::AtLeastOnce, false, "1").await.unwrap();
+    assert_eq!(next_on(&mut at_1, "qos/zero").await, QoS::AtMostOnce);
+    assert_eq!(next_on(&mut at_1, "qos/one").await, QoS::AtLeastOnce);
+    assert_eq!(next_on(&mut at_0, "qos/zero").await, QoS::AtMostOnce);
+    assert_eq!(next_on(&mut at_0, "qos/one").await, QoS::AtMostOnce);
+}
+
+/// An MQTT 5 client connected with `clean_start` and a session expiry; returns it, the
+/// packets it receives, and whether the broker had a session for it.
+async fn v5_client(
+    port: u16,
+    id: &str,
+    clean_start: bool,
+    session_expiry_secs: Option<u32>,
+) -> (rumqttc::v5::AsyncClient, tokio::sync::mpsc::UnboundedReceiver<V5Packet>, bool) {
+    let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+    options.set_clean_start(clean_start);
+    options.set_session_expiry_interval(session_expiry_secs);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 16);
+    let session_present = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let rumqttc::v5::Event::Incoming(V5Packet::ConnAck(ack)) = eventloop.poll().await.expect("connect") {
+                return ack.session_present;
+            }
+        }
+    })
+    .await
+    .expect("CONNACK");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let rumqttc::v5::Event::Incoming(packet) = event
+                && tx.send(packet).is_err()
+            {
+                return;
+            }
+        }
+    });
+    (client, rx, session_present)
+}
+
+/// The next publish's (topic, payload, retain), passing over other packets; None when
+/// nothing comes within `wait`.
+async fn next_publish(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<V5Packet>,
+    wait: Duration,
+) -> Option<(String, String, bool)> {
+    tokio::time::timeout(wait, async {
+        while let Some(packet) = rx.recv().await {
+            if let V5Packet::Publish(publish) = packet {
+                return Some((
+                    String::from_utf8_lossy(&publish.topic).into_owned(),
+                    String::from_utf8_lossy(&publish.payload).into_owned(),
+                    publish.retain,
+                ));
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+async fn suback(rx: &mut tokio::sync::mpsc::UnboundedReceiver<V5Packet>) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(packet) = rx.recv().await {
+            if matches!(packet, V5Packet::SubAck(_)) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK");
+}
+
+#[tokio::test]
+async fn mqtt_5_session_expiry_is_honoured() {
+    let daemon = Daemon::start("broker", "", "");
+    daemon.wait_broker().await;
+    let port = daemon.mqtt_port;
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    // A clean start with an expiry keeps the session after the client leaves.
+    let (keeper, mut keeper_rx, _) = v5_client(port, "v5-keeper", true, Some(60)).await;
+    keeper.subscribe("expiry/#", qos).await.unwrap();
+    suback(&mut keeper_rx).await;
+    // Expiry 0: the session ends with the connection.
+    let (leaver, mut leaver_rx, _) = v5_client(port, "v5-leaver", true, Some(0)).await;
+    leaver.subscribe("expiry/#", qos).await.unwrap();
+    suback(&mut leaver_rx).await;
+    keeper.disconnect().await.unwrap();
+    leaver.disconnect().await.unwrap();
+    while keeper_rx.recv().await.is_some() {}
+    while leaver_rx.recv().await.is_some() {}
+
+    let (publisher, mut publisher_rx, _) = v5_client(port, "v5-expiry-pub", true, None).await;
+    publisher.publish("expiry/news", qos, false, "while away").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !matches!(publisher_rx.recv().await, Some(V5Packet::PubAck(_)) | None) {}
+    })
+    .await
+    .expect("PUBACK");
+
+    let (_keeper, mut keeper_rx, present) = v5_client(port, "v5-keeper", false, Some(60)).await;
+    assert!(present, "the session with an expiry was kept");
+    let queued = next_publish(&mut keeper_rx, Duration::from_secs(10)).await;
+    assert_eq!(queued.map(|(topic, payload, _)| (topic, payload)), Some(("expiry/news".into(), "while away".into())));
+    let (_leaver, _, present) = v5_client(port, "v5-leaver", false, Some(0)).await;
+    assert!(!present, "the session with expiry 0 ended with its connection");
+}
+
+#[tokio::test]
+async fn mqtt_5_no_local_and_retain_handling_are_honoured() {
+    let daemon = Daemon::start("broker", "", "");
+    daemon.wait_broker().await;
+    let port = daemon.mqtt_port;
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    let (publisher, mut publisher_rx, _) = v5_client(port, "v5-retainer", true, None).await;
+    publisher.publish("handling/state", qos, true, "retained").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !matches!(publisher_rx.recv().await, Some(V5Packet::PubAck(_)) | None) {}
+    })
+    .await
+    .expect("PUBACK");
+
+    let (client, mut rx, _) = v5_client(port, "v5-handling", true, None).await;
+    let mut never_retained = Filter::new("handling/state", qos);
+    never_retained.retain_forward_rule = RetainForwardRule::Never;
+    let mut no_local = Filter::new("handling/echo", qos);
+    no_local.nolocal = true;
+    client.subscribe_many([never_retained, no_local, Filter::new("handling/done", qos)]).await.unwrap();
+    suback(&mut rx).await;
+    client.publish("handling/echo", qos, false, "mine").await.unwrap();
+    publisher.publish("handling/done", qos, false, "end").await.unwrap();
+    // In order: neither the retained message nor the client's own echo comes first.
+    let first = next_publish(&mut rx, Duration::from_secs(10)).await;
+    assert_eq!(first, Some(("handling/done".into(), "end".into(), false)));
+
+    // Without the options, both arrive.
+    let (plain, mut plain_rx, _) = v5_client(port, "v5-plain", true, None).await;
+    plain.subscribe("handling/state", qos).await.unwrap();
+    let retained = next_publish(&mut plain_rx, Duration::from_secs(10)).await;
+    assert_eq!(retained, Some(("handling/state".into(), "retained".into(), true)));
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_loses_qos_0_but_never_goes_deaf() {
+    let daemon = Daemon::start("broker", "max_queued_messages = 100\n", "");
+    daemon.wait_broker().await;
+    let (slow, mut slow_loop) = connect(daemon.mqtt_port, "slow", None).await.unwrap();
+    slow.subscribe("burst/#", QoS::AtMostOnce).await.unwrap();
+    while !matches!(slow_loop.poll().await, Ok(Event::Incoming(Packet::SubAck(_)))) {}
+
+    // The slow subscriber reads nothing while 20,000 messages of 1 KiB go out.
+    let (publisher, mut publisher_loop) = connect(daemon.mqtt_port, "burst-pub", None).await.unwrap();
+    let burst = tokio::spawn(async move {
+        for n in 0..20_000 {
+            publisher.publish(format!("burst/{n}"), QoS::AtMostOnce, false, vec![b'x'; 1024]).await.unwrap();
+        }
+        publisher.publish("burst/last", QoS::AtLeastOnce, false, "end").await.unwrap();
+        publisher
+    });
+    let published = async {
+        loop {
+            if let Ok(Event::Incoming(Packet::PubAck(_))) = publisher_loop.poll().await {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), published).await.expect("the burst was acknowledged");
+    let publisher = burst.await.unwrap();
+    tokio::spawn(async move { while publisher_loop.poll().await.is_ok() {} });
+
+    // Then it reads again: what it gets may be short of the burst, but it still hears.
+    let mut messages = deliveries(slow, slow_loop);
+    publisher.publish("burst/after", QoS::AtLeastOnce, false, "still here").await.unwrap();
+    next_on(&mut messages, "burst/after").await;
+}
+
+#[tokio::test]
+async fn sys_topics_report_clients_messages_uptime_and_version() {
+    let daemon = Daemon::start("broker", "sys_interval_secs = 1\n", "");
+    daemon.wait_broker().await;
+    let (client, eventloop) = connect(daemon.mqtt_port, "sys-watch", None).await.unwrap();
+    let mut sys = subscriber(client, eventloop, "$SYS/broker/#").await;
+    let publisher = common::app::publisher(&daemon, "sys-pub").await;
+    for _ in 0..3 {
+        publisher.publish("sys/count", QoS::AtLeastOnce, false, "x").await.unwrap();
+    }
+    let mut seen = std::collections::HashMap::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some((topic, payload, _)) = sys.recv().await {
+            seen.insert(topic, payload);
+            let count = |topic: &str| seen.get(topic).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+            // The $SYS messages this subscriber got count as sent in the next reading.
+            if seen.len() >= 7 && count("$SYS/broker/messages/received") >= 3 && count("$SYS/broker/messages/sent") >= 1
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the $SYS topics did not all come, with 3 messages received: {seen:?}"));
+    let number = |topic: &str| seen[topic].parse::<u64>().unwrap_or_else(|_| panic!("{topic}: {seen:?}"));
+    assert!(number("$SYS/broker/clients/connected") >= 2, "{seen:?}");
+    assert!(number("$SYS/broker/bytes/received") > 0 && number("$SYS/broker/bytes/sent") > 0, "{seen:?}");
+    assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"), "{seen:?}");
+    assert!(seen["$SYS/broker/version"].starts_with("smarthomed "), "{seen:?}");
+
+    // `#` does not reach them, and no client may publish them.
+    let (client, eventloop) = connect(daemon.mqtt_port, "everything", None).await.unwrap();
+    let mut everything = subscriber(client, eventloop, "#").await;
+    publisher.publish("$SYS/broker/version", QoS::AtLeastOnce, false, "forged").await.unwrap();
+    publisher.publish("sys/fence", QoS::AtLeastOnce, false, "after").await.unwrap();
+    loop {
+        let (topic, _, _) = everything.recv().await.expect("subscription");
+        assert!(!topic.starts_with('$'), "`#` matched {topic}");
+        if topic == "sys/fence" {
+            break;
+        }
+    }
+    for _ in 0..2 {
+        let version = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let (topic, payload, _) = sys.recv().await.expect("subscription");
+                if topic == "$SYS/broker/version" {
+                    return payload;
+                }
+            }
+        })
+        .await
+        .expect("$SYS/broker/version again");
+        assert_ne!(version, "forged");
+    }
+}

@@ -1,0 +1,107 @@
+//! The embedded broker keeps retained messages and persistent sessions under
+//! `store.dir`: they survive a restart, and what the broker acknowledged reaches its
+//! subscriber even when the broker crashed in between.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::app::{self, wait_processor};
+use common::{Daemon, connect, connect_with, expect_message, expect_messages, receiver, subscriber};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// A 3.1.1 client whose publishes' acknowledgements arrive on the returned receiver.
+async fn acknowledged_publisher(port: u16, id: &str) -> (AsyncClient, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let (client, mut eventloop) = connect(port, id, None).await.unwrap();
+    let (acked, acks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::PubAck(_)) = event {
+                let _ = acked.send(());
+            }
+        }
+    });
+    (client, acks)
+}
+
+async fn wait_acks(acks: &mut tokio::sync::mpsc::UnboundedReceiver<()>, count: usize) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..count {
+            acks.recv().await.expect("publisher connection");
+        }
+    })
+    .await
+    .expect("the broker acknowledged every publish");
+}
+
+#[tokio::test]
+async fn retained_messages_and_persistent_sessions_survive_a_restart() {
+    let mut daemon = Daemon::start("broker", "", "");
+    daemon.wait_broker().await;
+    let mut options = MqttOptions::new("keeper", "127.0.0.1", daemon.mqtt_port);
+    options.set_clean_session(false);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (keeper, mut keeper_loop) = connect_with(options.clone()).await.unwrap();
+    keeper.subscribe("keep/#", QoS::AtLeastOnce).await.unwrap();
+    while !matches!(keeper_loop.poll().await, Ok(Event::Incoming(Packet::SubAck(_)))) {}
+    keeper.disconnect().await.unwrap();
+    while keeper_loop.poll().await.is_ok() {}
+
+    // Published while the keeper is away, then the broker restarts.
+    let (publisher, mut acks) = acknowledged_publisher(daemon.mqtt_port, "keep-pub").await;
+    publisher.publish("keep/retained", QoS::AtLeastOnce, true, "kept").await.unwrap();
+    publisher.publish("keep/queued", QoS::AtLeastOnce, false, "queued").await.unwrap();
+    wait_acks(&mut acks, 2).await;
+    daemon.restart("broker").await;
+    daemon.wait_broker().await;
+
+    let (keeper, keeper_loop) = connect_with(options).await.unwrap();
+    let mut kept = receiver(keeper, keeper_loop);
+    expect_messages(&mut kept, &[("keep/queued", "queued"), ("keep/retained", "kept")]).await;
+    let (late, late_loop) = connect(daemon.mqtt_port, "late", None).await.unwrap();
+    let mut late = subscriber(late, late_loop, "keep/retained").await;
+    assert!(expect_message(&mut late, "keep/retained", "kept").await, "delivered as retained");
+}
+
+#[tokio::test]
+async fn no_acknowledged_command_is_lost_when_the_broker_crashes() {
+    // The processor comes back 3 s after the broker, so the commands below are sent
+    // while it is away.
+    let extra = format!("{}[mqtt]\nreconnect_initial_ms = 3000\nreconnect_max_ms = 3000\n", common::FAST_SUPERVISOR);
+    let daemon = Daemon::start("run", "", &extra);
+    daemon.wait_broker().await;
+    let probe = app::publisher(&daemon, "probe").await;
+    let mut probe_replies = app::listen(&daemon, "probe-replies", "webos/android/+").await;
+    wait_processor(&probe, &mut probe_replies).await;
+    // The processor's session is on disk once the storage has written it.
+    tokio::time::sleep(smarthomed::broker::engine::STORAGE_FLUSH * 2).await;
+
+    let broker = daemon.children()["broker"];
+    kill(Pid::from_raw(broker as i32), Signal::SIGKILL).unwrap();
+    common::wait_for(Duration::from_secs(20), "a new broker", || {
+        daemon.children().get("broker").filter(|pid| **pid != broker).copied()
+    })
+    .await;
+    daemon.wait_broker().await;
+
+    let mut replies = app::listen(&daemon, "crash-replies", "webos/android/+").await;
+    let (app, mut acks) = acknowledged_publisher(daemon.mqtt_port, "crash-app").await;
+    let uids: Vec<String> = (0..20).map(|n| format!("crash-{n}-no-such-user")).collect();
+    for uid in &uids {
+        let command = format!(r#"{{"Producer":"android","command":"signin","UID":"{uid}"}}"#);
+        app.publish("webos/server/info", QoS::AtLeastOnce, false, command).await.unwrap();
+    }
+    wait_acks(&mut acks, uids.len()).await;
+
+    let mut unanswered: std::collections::HashSet<&String> = uids.iter().collect();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !unanswered.is_empty() {
+            let (_, payload, _) = replies.recv().await.expect("replies");
+            unanswered.retain(|uid| !payload.contains(uid.as_str()));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("acknowledged commands were lost: {unanswered:?}"));
+}
