@@ -1185,7 +1185,7 @@ mod tests {
             assert!(err.contains(key) && err.contains("must be from"), "{text}: {err}");
         }
         let defaults = Config::default();
-        assert_eq!(defaults.bounded_settings().iter().map(|(key, ..)| *key).collect::<HashSet<_>>().len(), 36);
+        assert_eq!(defaults.bounded_settings().iter().map(|(key, ..)| *key).collect::<HashSet<_>>().len(), 39);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tracing::info;
 
 use super::acl::{Access, Identity, Policy};
 use super::login::{LoginGate, Verdict};
+use super::retained::{RetainedError, RetainedMessages, Writer};
 use crate::config::{BrokerConfig, INTERNAL_MQTT_USER};
 
 /// How often sled writes what it holds in memory to its files; the stop waits this long
@@ -38,6 +39,8 @@ pub enum EngineError {
     Listener(String),
     #[error("cannot start the broker's storage under {dir}: {reason}")]
     Storage { dir: PathBuf, reason: String },
+    #[error(transparent)]
+    Retained(#[from] RetainedError),
 }
 
 /// Where the front door hands connections on.
@@ -82,14 +85,15 @@ impl SystemPublisher {
 
 impl Engine {
     /// Opens the storage under `data_dir` and binds the loopback listeners. Anonymous
-    /// clients are let in on a backend whose public door allows them.
+    /// clients are let in on a backend whose public door allows them. The writer of
+    /// the retained messages must run until the engine is done with them.
     pub async fn new(
         config: &BrokerConfig,
         data_dir: &Path,
         logins: Arc<LoginGate>,
         policy: Arc<Policy>,
         anonymous: AnonymousAt,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<(Self, Writer), EngineError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|err| EngineError::Storage { dir: data_dir.to_owned(), reason: err.to_string() })?;
         let sled = |name: &str| {
@@ -99,23 +103,12 @@ impl Engine {
                 path.display().to_string()
             )
         };
-        let scx = ServerContext::new()
-            // A ttl of 0 keeps retained messages until replaced: without it the retainer
-            // takes the message expiry of 0 ("never", above) as "already expired".
-            .plugins_config_map_add(
-                RETAINER,
-                format!(
-                    "{}max_retained_messages = {}\nretained_message_ttl = \"0s\"\n",
-                    sled("retained"),
-                    config.max_retained_messages
-                ),
-            )
-            .plugins_config_map_add(SESSIONS, sled("sessions"))
-            .build()
-            .await;
+        let scx = ServerContext::new().plugins_config_map_add(SESSIONS, sled("sessions")).build().await;
         let storage = |err: rmqtt::Error| EngineError::Storage { dir: data_dir.to_owned(), reason: err.to_string() };
-        rmqtt_retainer::register_named(&scx, RETAINER, true, true).await.map_err(storage)?;
         rmqtt_session_storage::register_named(&scx, SESSIONS, true, true).await.map_err(storage)?;
+        let (retained, retained_writer) =
+            RetainedMessages::open(&data_dir.join("retained.redb"), config.max_retained_messages).await?;
+        *scx.extends.retain_mut().await = Box::new(retained);
         let register = scx.extends.hook_mgr().register();
         let gatekeeper = || Box::new(Gatekeeper { logins: logins.clone(), policy: policy.clone() });
         register.add(Type::ClientAuthenticate, gatekeeper()).await;
@@ -137,7 +130,7 @@ impl Engine {
             .listener_by_id(mqtt, MQTT_LISTENER_ID)
             .listener_by_id(websocket, WEBSOCKET_LISTENER_ID)
             .build();
-        Ok(Self { server, backends, publisher })
+        Ok((Self { server, backends, publisher }, retained_writer))
     }
 
     /// Serves until the process ends (rmqtt has no way to stop its listeners), or why
@@ -147,7 +140,6 @@ impl Engine {
     }
 }
 
-const RETAINER: &str = "rmqtt-retainer";
 // Stored sessions remember their listener by id, so the ids stay the same across starts.
 const MQTT_LISTENER_ID: u16 = 1;
 const WEBSOCKET_LISTENER_ID: u16 = 2;
@@ -172,7 +164,8 @@ fn listener(config: &BrokerConfig, name: &str, allow_anonymous: bool) -> Result<
         .nodelay(true)
         .proxy_protocol(true)
         .allow_anonymous(allow_anonymous)
-        .max_connections(config.max_connections)
+        // The front door holds clients to broker.max_connections; the engine's own
+        // count lags behind closed connections, and must not refuse what it let in.
         .max_packet_size(u32::try_from(config.max_packet_bytes()).unwrap_or(u32::MAX))
         .max_inflight(NonZeroU16::new(max_inflight).unwrap_or(NonZeroU16::MIN))
         .handshake_timeout(Duration::from_millis(u64::from(config.connect_timeout_ms)))

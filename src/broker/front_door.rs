@@ -97,11 +97,11 @@ impl FrontDoor {
             let open = metrics::gauge!("smarthomed_broker_connections", "listener" => name);
             open.increment(1.0);
             tracker.spawn(async move {
-                let _permit = permit;
                 let _counted = OpenConnection(open);
+                let slot = Slot { _permit: permit };
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    result = accept(stream, admission, tls, route, sniff_timeout, counters) => {
+                    result = accept(stream, admission, tls, route, sniff_timeout, counters, slot) => {
                         if let Err(err) = result {
                             debug!(listener = name, %peer, "connection ended: {err}");
                         }
@@ -110,6 +110,11 @@ impl FrontDoor {
             });
         }
     }
+}
+
+/// A place under `broker.max_connections`, held while the client is connected.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Counts a connection as open until dropped, on every way out of its task.
@@ -144,16 +149,17 @@ async fn accept(
     route: Route,
     sniff_timeout: Duration,
     counters: Arc<Counters>,
+    slot: Slot,
 ) -> Result<(), SpliceError> {
     client.set_nodelay(true)?;
     let Some(acceptor) = tls else {
-        return splice(client, admission, route, sniff_timeout, counters).await;
+        return splice(client, admission, route, sniff_timeout, counters, slot).await;
     };
     let client = tokio::time::timeout(sniff_timeout, acceptor.accept(client))
         .await
         .map_err(|_| SpliceError::HandshakeTimeout)?
         .map_err(SpliceError::Handshake)?;
-    splice(client, admission, route, sniff_timeout, counters).await
+    splice(client, admission, route, sniff_timeout, counters, slot).await
 }
 
 /// What decides whether a CONNECT goes on to the engine.
@@ -192,6 +198,7 @@ async fn splice<S>(
     route: Route,
     sniff_timeout: Duration,
     counters: Arc<Counters>,
+    slot: Slot,
 ) -> Result<(), SpliceError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -242,44 +249,70 @@ where
     let sent = Tally::new(listener, Direction::Sent, packets, counters);
     let (mut client_in, mut client_out) = tokio::io::split(client);
     let (backend_in, mut backend_out) = backend.into_split();
+    // Ends when the client said DISCONNECT or went away; the engine is then told with
+    // the end of its input, never with a failed write.
     let requests = async {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let read = client_in.read(&mut buf).await?;
-            if read == 0 {
-                return backend_out.shutdown().await;
-            }
+            let read = match client_in.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
             // Nothing after a DISCONNECT goes on, and the connection ends with it.
             let disconnect_end = received.saw(&buf[..read]);
-            backend_out.write_all(&buf[..disconnect_end.unwrap_or(read)]).await?;
+            if backend_out.write_all(&buf[..disconnect_end.unwrap_or(read)]).await.is_err() {
+                return;
+            }
             if disconnect_end.is_some() {
-                return backend_out.shutdown().await;
+                break;
             }
         }
+        let _ = backend_out.shutdown().await;
     };
-    tokio::try_join!(requests, forward_replies(backend_in, &mut client_out, sent))?;
+    let replies = forward_replies(backend_in, &mut client_out, sent);
+    tokio::pin!(requests, replies);
+    tokio::select! {
+        () = &mut requests => {
+            // The client is gone: its slot is free. The engine closes its side once it
+            // has taken the end of its input; what it sends until then is read and dropped.
+            drop(slot);
+            let _ = tokio::time::timeout(ENGINE_CLOSE_GRACE, &mut replies).await;
+        }
+        done = &mut replies => done?,
+    }
     Ok(())
 }
 
+/// How long the engine may take to close a connection whose client has gone.
+const ENGINE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Copies the engine's output to the client, acknowledging each read at once, so that
 /// a second small write in a row (a publish right after an acknowledgement) never waits
-/// for our delayed ACK.
+/// for our delayed ACK. Once the client cannot take more, the rest is read and dropped
+/// until the engine closes: a write that fails inside the engine loses the message it
+/// carried (rmqtt 0.24 drops it), while a message written and never acknowledged is
+/// delivered again when the client's session resumes.
 async fn forward_replies(
     mut from: tokio::net::tcp::OwnedReadHalf,
     to: &mut (impl AsyncWrite + Unpin),
     mut sent: Tally,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut client_gone = false;
     loop {
         let read = from.read(&mut buf).await?;
         if read == 0 {
-            return to.shutdown().await;
+            return if client_gone { Ok(()) } else { to.shutdown().await };
+        }
+        if client_gone {
+            continue;
         }
         let _ = socket2::SockRef::from(from.as_ref()).set_tcp_quickack(true);
         sent.saw(&buf[..read]);
-        to.write_all(&buf[..read]).await?;
         // A TLS stream holds what it encrypted until flushed.
-        to.flush().await?;
+        if to.write_all(&buf[..read]).await.is_err() || to.flush().await.is_err() {
+            client_gone = true;
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod front_door;
 pub mod login;
 pub mod packet_counter;
 pub mod password;
+pub mod retained;
 pub mod sys;
 
 use std::net::SocketAddr;
@@ -82,7 +83,8 @@ pub async fn run(
     let mut users_now = config.users.clone();
     let logins = Arc::new(LoginGate::new(accounts.clone(), internal_password));
     let policy = Arc::new(acl::Policy::new(&config.acl, config.access));
-    let engine = Engine::new(config, &store_dir.join("broker"), logins.clone(), policy, anonymous_at).await?;
+    let (engine, retained_writer) =
+        Engine::new(config, &store_dir.join("broker"), logins.clone(), policy, anonymous_at).await?;
     let backends = engine.backends;
     let publisher = engine.publisher.clone();
     let counters = Arc::new(sys::Counters::default());
@@ -90,6 +92,9 @@ pub async fn run(
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let sniff_timeout = Duration::from_millis(u64::from(config.connect_timeout_ms));
     let tracker = TaskTracker::new();
+    // The retained messages are written until the last client is gone.
+    let clients_gone = CancellationToken::new();
+    let writing = tokio::spawn(retained_writer.run(clients_gone.clone()));
     let door = |name, listener, route, tls: Option<&Arc<certificates::Certificates>>| FrontDoor {
         name,
         listener,
@@ -166,6 +171,10 @@ pub async fn run(
     };
     shutdown.cancel();
     tracker.wait().await;
+    clients_gone.cancel();
+    if let Err(err) = writing.await {
+        warn!("the retained messages' writer failed: {err}");
+    }
     // Clients are gone and their sessions stored; give the storage time to write them.
     tokio::time::sleep(engine::STORAGE_FLUSH + Duration::from_millis(200)).await;
     result

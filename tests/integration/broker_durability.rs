@@ -105,3 +105,41 @@ async fn no_acknowledged_command_is_lost_when_the_broker_crashes() {
     .await
     .unwrap_or_else(|_| panic!("acknowledged commands were lost: {unanswered:?}"));
 }
+
+#[tokio::test]
+async fn messages_a_client_had_not_acknowledged_are_delivered_again_when_it_returns() {
+    let daemon = Daemon::start("broker", "", "");
+    daemon.wait_broker().await;
+    let mut options = MqttOptions::new("slow-worker", "127.0.0.1", daemon.mqtt_port);
+    options.set_clean_session(false);
+    options.set_keep_alive(Duration::from_secs(5));
+    options.set_manual_acks(true);
+    let (worker, mut worker_loop) = connect_with(options.clone()).await.unwrap();
+    worker.subscribe("work/#", QoS::AtLeastOnce).await.unwrap();
+    while !matches!(worker_loop.poll().await, Ok(Event::Incoming(Packet::SubAck(_)))) {}
+
+    let (publisher, mut acks) = acknowledged_publisher(daemon.mqtt_port, "work-pub").await;
+    for n in 0..20 {
+        publisher.publish(format!("work/{n}"), QoS::AtLeastOnce, false, n.to_string()).await.unwrap();
+    }
+    wait_acks(&mut acks, 20).await;
+    // The worker takes all 20, acknowledges the first 5, and dies.
+    let mut taken = 0;
+    while taken < 20 {
+        if let Ok(Event::Incoming(Packet::Publish(publish))) = worker_loop.poll().await {
+            if taken < 5 {
+                worker.ack(&publish).await.unwrap();
+            }
+            taken += 1;
+        }
+    }
+    drop((worker, worker_loop));
+
+    let (worker, worker_loop) = connect_with(options).await.unwrap();
+    // As the daemon's processes do, it subscribes again.
+    worker.subscribe("work/#", QoS::AtLeastOnce).await.unwrap();
+    let mut again = receiver(worker, worker_loop);
+    let wanted: Vec<(String, String)> = (5..20).map(|n| (format!("work/{n}"), n.to_string())).collect();
+    let wanted: Vec<(&str, &str)> = wanted.iter().map(|(t, p)| (t.as_str(), p.as_str())).collect();
+    expect_messages(&mut again, &wanted).await;
+}

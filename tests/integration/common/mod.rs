@@ -162,6 +162,8 @@ impl Daemon {
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("smarthomed.toml"), config).expect("write config");
+        // A new start's log begins empty; a restart's goes on.
+        std::fs::write(dir.path().join("daemon.log"), "").expect("log file");
         let child = spawn_in(dir.path(), subcommand, env);
         Self { dir, mqtt_port, ws_port, child: Some(child), seen: Default::default() }
     }
