@@ -145,6 +145,10 @@ pub async fn run(
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
             stopped = &mut engine_stopped => {
+                // The engine's task also ends (unheard) when the stop came first.
+                if shutdown.is_cancelled() {
+                    break Ok(());
+                }
                 let reason = match stopped {
                     Ok(Err(err)) => err,
                     Ok(Ok(())) | Err(_) => "its listeners ended".into(),
