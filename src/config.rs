@@ -167,6 +167,26 @@ pub struct AclRule {
     pub permission: AclPermission,
 }
 
+impl AclRule {
+    /// Why a configured rule cannot work, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let topic = &self.topic;
+        if topic.is_empty() {
+            return Err("a rule's topic must not be empty".into());
+        }
+        let levels: Vec<&str> = topic.split('/').collect();
+        for (i, level) in levels.iter().enumerate() {
+            if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+                return Err(format!("\"{topic}\": '#' must be a whole level and the last one"));
+            }
+            if level.contains('+') && *level != "+" {
+                return Err(format!("\"{topic}\": '+' must be a whole level"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AclAccess {
@@ -875,7 +895,7 @@ impl Config {
             return Err(invalid(key, "must be set for broker.tls_listen and broker.wss_listen"));
         }
         for rule in &broker.acl {
-            crate::broker::acl::check_rule(rule).map_err(|err| invalid("broker.acl.topic", err))?;
+            rule.check().map_err(|err| invalid("broker.acl.topic", err))?;
         }
         let mut names = HashSet::new();
         for user in &broker.users {
@@ -1186,6 +1206,19 @@ mod tests {
         }
         let defaults = Config::default();
         assert_eq!(defaults.bounded_settings().iter().map(|(key, ..)| *key).collect::<HashSet<_>>().len(), 39);
+    }
+
+    #[test]
+    fn acl_rules_with_a_misplaced_wildcard_are_refused() {
+        for topic in ["a/#/b", "a/b+", ""] {
+            let rule = format!(
+                "[[broker.acl]]\nwho = \"*\"\ntopic = \"{topic}\"\naccess = \"read\"\npermission = \"allow\"\n"
+            );
+            let err = error_of(&rule);
+            assert!(err.contains("broker.acl.topic"), "{topic}: {err}");
+        }
+        let fine = "[[broker.acl]]\nwho = \"*\"\ntopic = \"a/+/#\"\naccess = \"read\"\npermission = \"allow\"\n";
+        assert!(parse(fine).is_ok());
     }
 
     #[test]

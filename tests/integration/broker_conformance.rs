@@ -199,13 +199,30 @@ async fn mqtt_5_no_local_and_retain_handling_are_honoured() {
     never_retained.retain_forward_rule = RetainForwardRule::Never;
     let mut no_local = Filter::new("handling/echo", qos);
     no_local.nolocal = true;
-    client.subscribe_many([never_retained, no_local, Filter::new("handling/done", qos)]).await.unwrap();
+    let mut as_published = Filter::new("handling/kept", qos);
+    as_published.preserve_retain = true;
+    let filters =
+        [never_retained, no_local, as_published, Filter::new("handling/live", qos), Filter::new("handling/done", qos)];
+    client.subscribe_many(filters).await.unwrap();
     suback(&mut rx).await;
     client.publish("handling/echo", qos, false, "mine").await.unwrap();
+    // Retained as published, or as a live message (retain off) without the option.
+    publisher.publish("handling/kept", qos, true, "flagged").await.unwrap();
+    publisher.publish("handling/live", qos, true, "plain").await.unwrap();
     publisher.publish("handling/done", qos, false, "end").await.unwrap();
     // In order: neither the retained message nor the client's own echo comes first.
-    let first = next_publish(&mut rx, Duration::from_secs(10)).await;
-    assert_eq!(first, Some(("handling/done".into(), "end".into(), false)));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next_publish(&mut rx, Duration::from_secs(10)).await.expect("a publish"));
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("handling/kept".into(), "flagged".into(), true),
+            ("handling/live".into(), "plain".into(), false),
+            ("handling/done".into(), "end".into(), false)
+        ]
+    );
 
     // Without the options, both arrive.
     let (plain, mut plain_rx, _) = v5_client(port, "v5-plain", true, None).await;
@@ -303,4 +320,25 @@ async fn sys_topics_report_clients_messages_uptime_and_version() {
         .expect("$SYS/broker/version again");
         assert_ne!(version, "forged");
     }
+}
+
+#[tokio::test]
+async fn a_client_without_an_id_gets_one_from_the_broker() {
+    let daemon = Daemon::start("broker", "", "");
+    daemon.wait_broker().await;
+    let mut options = rumqttc::v5::MqttOptions::new("", "127.0.0.1", daemon.mqtt_port);
+    options.set_clean_start(true);
+    let (_client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 8);
+    let assigned = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let rumqttc::v5::Event::Incoming(V5Packet::ConnAck(ack)) = eventloop.poll().await.expect("connect") {
+                return ack.properties.and_then(|properties| properties.assigned_client_identifier);
+            }
+        }
+    })
+    .await
+    .expect("CONNACK");
+    assert!(assigned.is_some_and(|id| !id.is_empty()), "no client id assigned");
+    // MQTT 3.1.1: an empty id with a clean session is taken.
+    assert!(connect(daemon.mqtt_port, "", None).await.is_ok());
 }

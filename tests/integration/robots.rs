@@ -17,7 +17,11 @@ const OWNER: &str = "owner-uid";
 const OPERATOR: &str = "operator-uid";
 
 async fn started(extra: &str) -> (Daemon, rumqttc::AsyncClient, common::app::Messages) {
-    let daemon = Daemon::start("run", "", &format!("{FAST_SUPERVISOR}{extra}"));
+    started_with_broker("", extra).await
+}
+
+async fn started_with_broker(broker: &str, extra: &str) -> (Daemon, rumqttc::AsyncClient, common::app::Messages) {
+    let daemon = Daemon::start("run", broker, &format!("{FAST_SUPERVISOR}{extra}"));
     daemon.wait_children(&["broker", "processor", "syncer"]).await;
     daemon.wait_broker().await;
     let mut replies = listen(&daemon, "app", "webos/android/+").await;
@@ -309,4 +313,31 @@ async fn a_robot_does_what_its_owner_chose_when_the_daemon_is_lost_and_estops_ar
     );
     let views = smarthomed::store::DocumentStore::list(&store, "robot_views").await.unwrap();
     assert!(views.iter().any(|(id, view)| id == "vac4" && view["lastSeen"].is_string()), "{views:?}");
+}
+
+#[tokio::test]
+async fn under_the_car2home_policy_robots_write_only_their_own_topics() {
+    let (daemon, app, mut replies) = started_with_broker("access = \"car2home\"\n", "").await;
+    ask(&app, register(OWNER, "vac1", "vacuum")).await;
+    next_reply(&mut replies, "robot_registered").await;
+    let _robot = RobotSim::start(&daemon, "vac1", "vacuum", 60_000, &[]);
+    wait_status(&daemon, "vac1", "link", json!("online")).await;
+    ask(&app, command(OPERATOR, "vac1", "c-1", "start")).await;
+    assert_eq!(next_status(&mut replies, "c-1").await["status"], "sent");
+    assert_eq!(next_status(&mut replies, "c-1").await["status"], "running");
+
+    // Another robot cannot speak for vac1, nor command or latch it.
+    let impostor = publisher(&daemon, "robot-vac2").await;
+    send(&impostor, "smarthomed/robot/v1/vac1/state", r#"{"state":"idle"}"#).await;
+    send(&impostor, "smarthomed/robot/v1/vac1/cmd", r#"{"command":"stop"}"#).await;
+    send(&impostor, "smarthomed/robot/v1/vac1/estop", r#"{"active":false}"#).await;
+    // Any client may ask for an e-stop, and the daemon latches it.
+    let estop = publisher(&daemon, "panic-button").await;
+    send(&estop, "smarthomed/robot/v1/vac1/estop/request", estop_request("anyone")).await;
+    assert_eq!(next_reply(&mut replies, "robot_estop_latched").await["pendingOffline"], false);
+    assert_eq!(next_reply(&mut replies, "robot_estop_confirmed").await["epoch"], 1);
+    let refusals = || {
+        daemon.log().lines().filter(|line| line.contains("refused a publish") && line.contains("robot-vac2")).count()
+    };
+    wait_for(Duration::from_secs(10), "three refusals logged", || (refusals() == 3).then_some(())).await;
 }
