@@ -2,17 +2,18 @@
 //!
 //! rmqtt serves MQTT 3.1.1 and 5 on one loopback listener and MQTT over WebSocket on
 //! another; only the front door connects to them, each connection prefixed with a PROXY
-//! v1 header that carries the client's real address. Retained messages and persistent
-//! sessions (subscriptions, queued and in-flight messages) live in sled databases under
-//! `<store.dir>/broker/`, so they outlive a restart. The settings whose rmqtt defaults
+//! v1 header that carries the client's real address. Persistent sessions (subscriptions,
+//! queued and in-flight messages) live in rmqtt's sled database and retained messages in
+//! our own store ([`super::retained`]), both under `<store.dir>/broker/`, so they
+//! outlive a restart. The settings whose rmqtt defaults
 //! lose data or hold memory without bound are set here from `[broker]` (README, "The
 //! broker engine"). Logins and topic access are decided by [`Gatekeeper`], a hook.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rmqtt::codec::types::{Publish as CodecPublish, QoS};
 use rmqtt::codec::v5::SubscribeAckReason;
@@ -21,13 +22,15 @@ use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::{Builder, Listener};
 use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
-use rmqtt::types::{AuthResult, From, Id, Publish, PublishAclResult, SubscribeAclResult};
+use rmqtt::types::{AuthResult, ConnectInfo, From, Id, Publish, PublishAclResult, SubscribeAclResult};
 use tracing::info;
 
 use super::acl::{Access, Identity, Policy};
+use super::front_door::RESERVED_CLIENT_PREFIX;
 use super::login::{LoginGate, Verdict};
 use super::retained::{RetainedError, RetainedMessages, Writer};
 use crate::config::{BrokerConfig, INTERNAL_MQTT_USER};
+use crate::log_limit::{LogLimiter, Verdict as LogVerdict};
 
 /// How often sled writes what it holds in memory to its files; the stop waits this long
 /// (and a little more) after the last client has gone.
@@ -110,14 +113,22 @@ impl Engine {
             RetainedMessages::open(&data_dir.join("retained.redb"), config.max_retained_messages).await?;
         *scx.extends.retain_mut().await = Box::new(retained);
         let register = scx.extends.hook_mgr().register();
-        let gatekeeper = || Box::new(Gatekeeper { logins: logins.clone(), policy: policy.clone() });
+        let refusals_logged = Arc::new(Mutex::new(LogLimiter::default()));
+        let gatekeeper = || {
+            Box::new(Gatekeeper {
+                logins: logins.clone(),
+                policy: policy.clone(),
+                anonymous,
+                refusals_logged: refusals_logged.clone(),
+            })
+        };
         register.add(Type::ClientAuthenticate, gatekeeper()).await;
         register.add(Type::MessagePublishCheckAcl, gatekeeper()).await;
         register.add(Type::ClientSubscribeCheckAcl, gatekeeper()).await;
         register.start().await;
 
-        let mqtt = listener(config, "mqtt", anonymous.mqtt)?.tcp().map_err(listener_error)?;
-        let websocket = listener(config, "websocket", anonymous.websocket)?.ws().map_err(listener_error)?;
+        let mqtt = listener(config, "mqtt")?.tcp().map_err(listener_error)?;
+        let websocket = listener(config, "websocket")?.ws().map_err(listener_error)?;
         let backends = Backends {
             mqtt: mqtt.local_addr().map_err(listener_error)?,
             websocket: websocket.local_addr().map_err(listener_error)?,
@@ -156,14 +167,15 @@ fn listener_error(err: rmqtt::Error) -> EngineError {
     EngineError::Listener(err.to_string())
 }
 
-fn listener(config: &BrokerConfig, name: &str, allow_anonymous: bool) -> Result<Listener, EngineError> {
+fn listener(config: &BrokerConfig, name: &str) -> Result<Listener, EngineError> {
     let max_inflight = u16::try_from(config.max_inflight_messages).unwrap_or(u16::MAX);
     Builder::new()
         .name(name)
         .laddr(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .nodelay(true)
         .proxy_protocol(true)
-        .allow_anonymous(allow_anonymous)
+        // Anonymous clients are the Gatekeeper's to let in.
+        .allow_anonymous(false)
         // The front door holds clients to broker.max_connections; the engine's own
         // count lags behind closed connections, and must not refuse what it let in.
         .max_packet_size(u32::try_from(config.max_packet_bytes()).unwrap_or(u32::MAX))
@@ -184,6 +196,8 @@ fn listener(config: &BrokerConfig, name: &str, allow_anonymous: bool) -> Result<
 struct Gatekeeper {
     logins: Arc<LoginGate>,
     policy: Arc<Policy>,
+    anonymous: AnonymousAt,
+    refusals_logged: Arc<Mutex<LogLimiter>>,
 }
 
 #[async_trait::async_trait]
@@ -191,54 +205,83 @@ impl Handler for Gatekeeper {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         match param {
             Parameter::ClientAuthenticate(connect) => {
-                let user = connect.username().map(|user| user.to_string()).unwrap_or_default();
-                let password = connect.password().map(|password| password.to_vec()).unwrap_or_default();
-                // The front door put its token where it checked the password itself;
-                // logins inside WebSocket frames are checked here.
-                let verdict = if self.logins.is_token(&password) {
-                    Verdict::Accepted
-                } else {
-                    let peer = connect.id().remote_addr.map(|addr| addr.ip());
-                    self.logins.verify(&user, &password, peer).await
-                };
-                let result = match verdict {
-                    Verdict::Accepted => AuthResult::Allow(user == INTERNAL_MQTT_USER, None),
-                    Verdict::BadCredentials => AuthResult::BadUsernameOrPassword,
-                    Verdict::Busy => AuthResult::NotAuthorized,
-                };
-                (false, Some(HookResult::AuthResult(result)))
+                (false, Some(HookResult::AuthResult(self.authenticate(connect).await)))
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                let identity = identity(session);
-                if self.policy.allows(&identity, Access::Publish, &publish.topic) {
+                if self.allowed(session, Access::Publish, &publish.topic) {
                     return (true, acc);
                 }
-                info!(
-                    user = identity.user,
-                    client_id = identity.client_id,
-                    peer = ?session.id.remote_addr,
-                    topic = %publish.topic,
-                    "refused a publish: not allowed by the broker's access rules"
-                );
                 (false, Some(HookResult::PublishAclResult(PublishAclResult::rejected(false, None))))
             }
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
-                let identity = identity(session);
-                if self.policy.allows(&identity, Access::Subscribe, &subscribe.topic_filter) {
+                if self.allowed(session, Access::Subscribe, &subscribe.topic_filter) {
                     return (true, acc);
                 }
-                info!(
-                    user = identity.user,
-                    client_id = identity.client_id,
-                    peer = ?session.id.remote_addr,
-                    filter = %subscribe.topic_filter,
-                    "refused a subscription: not allowed by the broker's access rules"
-                );
                 let refused = SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized);
                 (false, Some(HookResult::SubscribeAclResult(refused)))
             }
             _ => (true, acc),
         }
+    }
+}
+
+impl Gatekeeper {
+    /// Every login comes here, anonymous ones too (the engine's listeners take no
+    /// anonymous client by themselves): the daemon's client ids are for the daemon's
+    /// own user on every listener, WebSocket included, where the front door cannot see
+    /// the CONNECT.
+    async fn authenticate(&self, connect: &ConnectInfo) -> AuthResult {
+        let id = connect.id();
+        let reserved = id.client_id.starts_with(RESERVED_CLIENT_PREFIX);
+        let Some(user) = connect.username() else {
+            let anonymous_here =
+                if id.lid == WEBSOCKET_LISTENER_ID { self.anonymous.websocket } else { self.anonymous.mqtt };
+            return if anonymous_here && !reserved {
+                AuthResult::Allow(false, None)
+            } else {
+                AuthResult::NotAuthorized
+            };
+        };
+        let password = connect.password().map(|password| password.to_vec()).unwrap_or_default();
+        // The front door put its token where it checked the password itself; logins
+        // inside WebSocket frames are checked here.
+        let verdict = if self.logins.is_token(&password) {
+            Verdict::Accepted
+        } else {
+            self.logins.verify(user, &password, id.remote_addr.map(|addr| addr.ip())).await
+        };
+        let internal = &**user == INTERNAL_MQTT_USER;
+        match verdict {
+            Verdict::Accepted if reserved && !internal => AuthResult::NotAuthorized,
+            Verdict::Accepted => AuthResult::Allow(internal, None),
+            Verdict::BadCredentials => AuthResult::BadUsernameOrPassword,
+            Verdict::Busy => AuthResult::NotAuthorized,
+        }
+    }
+
+    /// Whether the session's client may do `access` on `topic`; a refusal is logged
+    /// with who asked (at a bounded rate: the input comes from the network).
+    fn allowed(&self, session: &rmqtt::session::Session, access: Access, topic: &str) -> bool {
+        let identity = identity(session);
+        if self.policy.allows(&identity, access, topic) {
+            return true;
+        }
+        let verdict = self.refusals_logged.lock().unwrap_or_else(PoisonError::into_inner).check("acl", Instant::now());
+        if let LogVerdict::Log { suppressed_before } = verdict {
+            let what = match access {
+                Access::Publish => "a publish",
+                Access::Subscribe => "a subscription",
+            };
+            info!(
+                user = identity.user,
+                client_id = identity.client_id,
+                peer = ?session.id.remote_addr,
+                topic,
+                suppressed_before,
+                "refused {what}: not allowed by the broker's access rules"
+            );
+        }
+        false
     }
 }
 

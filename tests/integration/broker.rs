@@ -70,6 +70,14 @@ async fn mqtt_5_and_websocket_clients_share_the_bus() {
     tokio::spawn(async move { while ws_loop.poll().await.is_ok() {} });
     ws.publish("bus/ws", QoS::AtLeastOnce, false, "from ws").await.unwrap();
     expect_message(&mut messages, "bus/ws", "from ws").await;
+
+    // The daemon's client ids are refused over WebSocket too, where the front door
+    // cannot read the CONNECT.
+    let ws_url = format!("ws://127.0.0.1:{}/mqtt", daemon.ws_port);
+    let mut impostor = MqttOptions::new("smarthomed-processor", ws_url, daemon.ws_port);
+    impostor.set_transport(Transport::Ws);
+    let refused = common::connect_with(impostor).await.err().expect("the processor's id was let in");
+    assert!(refused.contains("NotAuthorized") || refused.contains("Refused"), "{refused}");
 }
 
 #[tokio::test]

@@ -26,37 +26,11 @@ async fn subscribe_311(port: u16, id: &str, filter: &str) -> Vec<rumqttc::Subscr
     .expect("SUBACK")
 }
 
-/// An MQTT 5 client and the packets it receives.
-async fn v5_client(port: u16, id: &str) -> (rumqttc::v5::AsyncClient, tokio::sync::mpsc::UnboundedReceiver<V5Packet>) {
-    let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 16);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let rumqttc::v5::Event::Incoming(packet) = event
-                && tx.send(packet).is_err()
-            {
-                return;
-            }
-        }
-    });
-    (client, rx)
-}
-
 async fn next_packet<T>(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<V5Packet>,
-    mut pick: impl FnMut(V5Packet) -> Option<T>,
+    pick: impl FnMut(V5Packet) -> Option<T>,
 ) -> T {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Some(found) = pick(rx.recv().await.expect("v5 connection")) {
-                return found;
-            }
-        }
-    })
-    .await
-    .expect("the awaited packet")
+    common::v5::next_packet(rx, Duration::from_secs(5), pick).await.expect("the awaited packet")
 }
 
 #[tokio::test]
@@ -73,7 +47,7 @@ async fn the_car2home_policy_refuses_what_is_not_yours_and_the_daemon_goes_on() 
     // Reading everything is refused: 0x80 on 3.1.1, 0x87 on 5.
     let codes = subscribe_311(daemon.mqtt_port, "nosy", "#").await;
     assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Failure]);
-    let (nosy5, mut nosy5_rx) = v5_client(daemon.mqtt_port, "nosy5").await;
+    let (nosy5, mut nosy5_rx, _) = common::v5::client(daemon.mqtt_port, "nosy5", true, None).await;
     nosy5.subscribe("webos/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await.unwrap();
     let codes = next_packet(&mut nosy5_rx, |packet| match packet {
         V5Packet::SubAck(ack) => Some(ack.return_codes),

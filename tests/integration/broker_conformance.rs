@@ -75,74 +75,34 @@ async fn delivered_qos_is_the_lower_of_published_and_granted() {
     assert_eq!(next_on(&mut at_0, "qos/one").await, QoS::AtMostOnce);
 }
 
-/// An MQTT 5 client connected with `clean_start` and a session expiry; returns it, the
-/// packets it receives, and whether the broker had a session for it.
-async fn v5_client(
-    port: u16,
-    id: &str,
-    clean_start: bool,
-    session_expiry_secs: Option<u32>,
-) -> (rumqttc::v5::AsyncClient, tokio::sync::mpsc::UnboundedReceiver<V5Packet>, bool) {
-    let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
-    options.set_clean_start(clean_start);
-    options.set_session_expiry_interval(session_expiry_secs);
-    options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 16);
-    let session_present = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let rumqttc::v5::Event::Incoming(V5Packet::ConnAck(ack)) = eventloop.poll().await.expect("connect") {
-                return ack.session_present;
-            }
-        }
-    })
-    .await
-    .expect("CONNACK");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let rumqttc::v5::Event::Incoming(packet) = event
-                && tx.send(packet).is_err()
-            {
-                return;
-            }
-        }
-    });
-    (client, rx, session_present)
-}
-
-/// The next publish's (topic, payload, retain), passing over other packets; None when
-/// nothing comes within `wait`.
+/// The next publish's (topic, payload, retain); None when nothing comes within `wait`.
 async fn next_publish(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<V5Packet>,
     wait: Duration,
 ) -> Option<(String, String, bool)> {
-    tokio::time::timeout(wait, async {
-        while let Some(packet) = rx.recv().await {
-            if let V5Packet::Publish(publish) = packet {
-                return Some((
-                    String::from_utf8_lossy(&publish.topic).into_owned(),
-                    String::from_utf8_lossy(&publish.payload).into_owned(),
-                    publish.retain,
-                ));
-            }
-        }
-        None
+    common::v5::next_packet(rx, wait, |packet| match packet {
+        V5Packet::Publish(publish) => Some((
+            String::from_utf8_lossy(&publish.topic).into_owned(),
+            String::from_utf8_lossy(&publish.payload).into_owned(),
+            publish.retain,
+        )),
+        _ => None,
     })
     .await
-    .ok()
-    .flatten()
 }
 
 async fn suback(rx: &mut tokio::sync::mpsc::UnboundedReceiver<V5Packet>) {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(packet) = rx.recv().await {
-            if matches!(packet, V5Packet::SubAck(_)) {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("SUBACK");
+    let acked = common::v5::next_packet(rx, Duration::from_secs(5), |packet| {
+        matches!(packet, V5Packet::SubAck(_)).then_some(())
+    });
+    acked.await.expect("SUBACK");
+}
+
+async fn puback(rx: &mut tokio::sync::mpsc::UnboundedReceiver<V5Packet>) {
+    let acked = common::v5::next_packet(rx, Duration::from_secs(5), |packet| {
+        matches!(packet, V5Packet::PubAck(_)).then_some(())
+    });
+    acked.await.expect("PUBACK");
 }
 
 #[tokio::test]
@@ -152,11 +112,11 @@ async fn mqtt_5_session_expiry_is_honoured() {
     let port = daemon.mqtt_port;
     let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
     // A clean start with an expiry keeps the session after the client leaves.
-    let (keeper, mut keeper_rx, _) = v5_client(port, "v5-keeper", true, Some(60)).await;
+    let (keeper, mut keeper_rx, _) = common::v5::client(port, "v5-keeper", true, Some(60)).await;
     keeper.subscribe("expiry/#", qos).await.unwrap();
     suback(&mut keeper_rx).await;
     // Expiry 0: the session ends with the connection.
-    let (leaver, mut leaver_rx, _) = v5_client(port, "v5-leaver", true, Some(0)).await;
+    let (leaver, mut leaver_rx, _) = common::v5::client(port, "v5-leaver", true, Some(0)).await;
     leaver.subscribe("expiry/#", qos).await.unwrap();
     suback(&mut leaver_rx).await;
     keeper.disconnect().await.unwrap();
@@ -164,19 +124,15 @@ async fn mqtt_5_session_expiry_is_honoured() {
     while keeper_rx.recv().await.is_some() {}
     while leaver_rx.recv().await.is_some() {}
 
-    let (publisher, mut publisher_rx, _) = v5_client(port, "v5-expiry-pub", true, None).await;
+    let (publisher, mut publisher_rx, _) = common::v5::client(port, "v5-expiry-pub", true, None).await;
     publisher.publish("expiry/news", qos, false, "while away").await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !matches!(publisher_rx.recv().await, Some(V5Packet::PubAck(_)) | None) {}
-    })
-    .await
-    .expect("PUBACK");
+    puback(&mut publisher_rx).await;
 
-    let (_keeper, mut keeper_rx, present) = v5_client(port, "v5-keeper", false, Some(60)).await;
+    let (_keeper, mut keeper_rx, present) = common::v5::client(port, "v5-keeper", false, Some(60)).await;
     assert!(present, "the session with an expiry was kept");
     let queued = next_publish(&mut keeper_rx, Duration::from_secs(10)).await;
     assert_eq!(queued.map(|(topic, payload, _)| (topic, payload)), Some(("expiry/news".into(), "while away".into())));
-    let (_leaver, _, present) = v5_client(port, "v5-leaver", false, Some(0)).await;
+    let (_leaver, _, present) = common::v5::client(port, "v5-leaver", false, Some(0)).await;
     assert!(!present, "the session with expiry 0 ended with its connection");
 }
 
@@ -186,15 +142,11 @@ async fn mqtt_5_no_local_and_retain_handling_are_honoured() {
     daemon.wait_broker().await;
     let port = daemon.mqtt_port;
     let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
-    let (publisher, mut publisher_rx, _) = v5_client(port, "v5-retainer", true, None).await;
+    let (publisher, mut publisher_rx, _) = common::v5::client(port, "v5-retainer", true, None).await;
     publisher.publish("handling/state", qos, true, "retained").await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !matches!(publisher_rx.recv().await, Some(V5Packet::PubAck(_)) | None) {}
-    })
-    .await
-    .expect("PUBACK");
+    puback(&mut publisher_rx).await;
 
-    let (client, mut rx, _) = v5_client(port, "v5-handling", true, None).await;
+    let (client, mut rx, _) = common::v5::client(port, "v5-handling", true, None).await;
     let mut never_retained = Filter::new("handling/state", qos);
     never_retained.retain_forward_rule = RetainForwardRule::Never;
     let mut no_local = Filter::new("handling/echo", qos);
@@ -225,7 +177,7 @@ async fn mqtt_5_no_local_and_retain_handling_are_honoured() {
     );
 
     // Without the options, both arrive.
-    let (plain, mut plain_rx, _) = v5_client(port, "v5-plain", true, None).await;
+    let (plain, mut plain_rx, _) = common::v5::client(port, "v5-plain", true, None).await;
     plain.subscribe("handling/state", qos).await.unwrap();
     let retained = next_publish(&mut plain_rx, Duration::from_secs(10)).await;
     assert_eq!(retained, Some(("handling/state".into(), "retained".into(), true)));

@@ -14,6 +14,7 @@ pub mod robots;
 pub mod rtdb;
 pub mod slack;
 pub mod store_suite;
+pub mod v5;
 pub mod weather;
 
 use std::collections::HashMap;

@@ -1,0 +1,62 @@
+//! MQTT 5 clients for the broker tests: connect, then read every packet that arrives.
+
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// A client connected with `clean_start` and a session expiry; returns it, the packets
+/// it receives, and whether the broker had a session for it.
+pub async fn client(
+    port: u16,
+    id: &str,
+    clean_start: bool,
+    session_expiry_secs: Option<u32>,
+) -> (AsyncClient, UnboundedReceiver<Packet>, bool) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_clean_start(clean_start);
+    options.set_session_expiry_interval(session_expiry_secs);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let session_present = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Event::Incoming(Packet::ConnAck(ack)) = eventloop.poll().await.expect("connect") {
+                return ack.session_present;
+            }
+        }
+    })
+    .await
+    .expect("CONNACK");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(packet) = event
+                && tx.send(packet).is_err()
+            {
+                return;
+            }
+        }
+    });
+    (client, rx, session_present)
+}
+
+/// The first packet `pick` takes within `wait`, passing over the others; None when
+/// none came.
+pub async fn next_packet<T>(
+    rx: &mut UnboundedReceiver<Packet>,
+    wait: Duration,
+    mut pick: impl FnMut(Packet) -> Option<T>,
+) -> Option<T> {
+    tokio::time::timeout(wait, async {
+        while let Some(packet) = rx.recv().await {
+            if let Some(found) = pick(packet) {
+                return Some(found);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
