@@ -1,10 +1,10 @@
 //! The MQTT CONNECT packet (3.1, 3.1.1 and 5), as the front door reads and rewrites
 //! it, and the CONNACK it answers a refusal with. Plain functions over bytes.
 //!
-//! The front door reads each client's CONNECT whole before rumqttd sees it: to check
-//! the login itself (answering a refusal with the protocol's reason code, which rumqttd
-//! does not send), to keep the daemon's client ids for the daemon, and to stand in for
-//! what rumqttd lacks (it drops a CONNECT with keep alive 0, which means "off").
+//! The front door reads each client's CONNECT whole before the engine sees it: to check
+//! the login itself at a bounded cost (answering a refusal with the protocol's reason
+//! code and a log line naming the client's address) and to keep the daemon's client
+//! ids for the daemon.
 
 /// A CONNECT larger than this is refused: credentials and a will fit easily.
 pub const MAX_CONNECT_BYTES: usize = 64 * 1024;

@@ -10,9 +10,9 @@
 //! window has passed.
 //!
 //! The front door checks each login it can read (MQTT over TCP and TLS) and then hands
-//! rumqttd the per-start [`LoginGate::token`] instead of the password, so rumqttd's
-//! own check is a constant-time comparison; what the front door cannot read (MQTT
-//! inside WebSocket frames) rumqttd checks through the same gate.
+//! the engine the per-start [`LoginGate::token`] instead of the password, so the
+//! engine's own check is a constant-time comparison; what the front door cannot read
+//! (MQTT inside WebSocket frames) the engine checks through the same gate.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -157,7 +157,7 @@ impl LoginGate {
         }
     }
 
-    /// What the front door hands rumqttd in place of a password it has checked.
+    /// What the front door hands the engine in place of a password it has checked.
     pub fn token(&self) -> &str {
         self.token.expose()
     }
@@ -166,8 +166,7 @@ impl LoginGate {
         bool::from(self.token.expose().as_bytes().ct_eq(password))
     }
 
-    /// Checks a login; `peer` is None where the address is not known (rumqttd's own
-    /// check, behind the front door).
+    /// Checks a login; `peer` is None where the address is not known.
     pub async fn verify(&self, user: &str, password: &[u8], peer: Option<IpAddr>) -> Verdict {
         if user == INTERNAL_MQTT_USER {
             let accepted = self

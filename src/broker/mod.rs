@@ -215,8 +215,8 @@ async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, Broker
     TcpListener::bind(addr).await.map_err(|source| BrokerError::Bind { key, addr, source })
 }
 
-/// Anonymous access per listener. Once accounts exist every client must log in:
-/// rumqttd refuses a client without credentials whenever authentication is on.
+/// Anonymous access per listener. Once accounts exist every client must log in (as
+/// before the engine changed: users who added accounts expect no anonymous door).
 fn anonymous_allowed(anonymous: Anonymous, has_accounts: bool, public: SocketAddr) -> bool {
     if has_accounts {
         return false;
