@@ -156,10 +156,21 @@ impl Writer {
             let batch = std::mem::take(&mut *pending.lock().await);
             if !batch.is_empty() {
                 let db = db.clone();
-                let outcome = tokio::task::spawn_blocking(move || write(&db, batch)).await;
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let written = write(&db, &batch);
+                    (written, batch)
+                })
+                .await;
                 match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => warn!("cannot write retained messages to disk: {err}"),
+                    Ok((Ok(()), _)) => {}
+                    Ok((Err(err), batch)) => {
+                        // Kept for the next write, unless a newer change to a topic came since.
+                        warn!(topics = batch.len(), "cannot write retained messages to disk, will retry: {err}");
+                        let mut pending = pending.lock().await;
+                        for (topic, stored) in batch {
+                            pending.entry(topic).or_insert(stored);
+                        }
+                    }
                     Err(err) => warn!("the retained messages' writer failed: {err}"),
                 }
             }
@@ -170,11 +181,11 @@ impl Writer {
     }
 }
 
-fn write(db: &Database, batch: Pending) -> Result<(), String> {
+fn write(db: &Database, batch: &Pending) -> Result<(), String> {
     let transaction = db.begin_write().map_err(|err| err.to_string())?;
     {
         let mut table = transaction.open_table(RETAINED).map_err(|err| err.to_string())?;
-        for (topic, stored) in &batch {
+        for (topic, stored) in batch {
             match stored {
                 Some((expires_at, bytes)) => {
                     table.insert(topic.as_str(), (*expires_at, bytes.as_slice())).map_err(|err| err.to_string())?;
