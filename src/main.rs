@@ -202,6 +202,8 @@ fn main() -> ExitCode {
                     &context.config.store.dir,
                     context.reloads.clone(),
                     context.internal_password.clone(),
+                    // Under the supervisor, the daemon's processor comes next.
+                    is_child(),
                     shutdown,
                 )
                 .await

@@ -3,8 +3,8 @@
 //!
 //! [`Link::run`] drives the connection until shutdown: it reconnects with backoff,
 //! logs state changes once (not every retry), re-subscribes after every reconnect,
-//! keeps a retained availability message (`smarthomed/<role>/availability`: "online",
-//! or "offline" by last will or on a clean stop), raises an alert when the broker has
+//! keeps a retained availability message (`smarthomed/<role>/availability`: "online"
+//! once its subscriptions are acknowledged, or "offline" by last will or on a clean stop), raises an alert when the broker has
 //! been gone too long, and hands every incoming publish to a bounded queue. The event
 //! loop is never left unpolled, since acknowledgements and replies travel through it:
 //! when the queue is full, messages wait beside it. For QoS 1 the broker's in-flight
@@ -52,13 +52,18 @@ pub fn availability_topic(role: &str) -> String {
     format!("smarthomed/{role}/availability")
 }
 
+/// The MQTT client id of the daemon's process `role`.
+pub fn client_id(role: &str) -> String {
+    format!("smarthomed-{role}")
+}
+
 /// Client options for `role` ("processor", "syncer", "supervisor-probe", ...).
 pub fn client_options(
     config: &Config,
     role: &str,
     internal_password: Option<&Secret>,
 ) -> Result<MqttOptions, MqttError> {
-    let client_id = format!("smarthomed-{role}");
+    let client_id = client_id(role);
     let mut options = if config.mqtt.url.is_empty() {
         let listen = config.broker.listen;
         let host = match listen.ip() {
@@ -236,6 +241,8 @@ impl Link {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => self.on_connected(&mut state),
+                // One SUBSCRIBE per connect, so its acknowledgement means subscribed.
+                Ok(Event::Incoming(Packet::SubAck(_))) => state.to_announce = true,
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     if !self.hand_over(publish, &incoming, &mut waiting) {
                         debug!(role = self.role, "incoming queue closed");
@@ -298,7 +305,9 @@ impl Link {
         state.alerted_loss = false;
         state.connected_since = Some(Instant::now());
         state.to_subscribe = !self.subscriptions.is_empty();
-        state.to_announce = true;
+        // "online" means subscribed: the embedded broker lets the public in once the
+        // processor says it, so no command is published before it has a session to wait in.
+        state.to_announce = self.subscriptions.is_empty();
         self.connects.send_modify(|count| *count += 1);
     }
 

@@ -23,11 +23,13 @@ use rmqtt::net::{Builder, Listener};
 use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
 use rmqtt::types::{AuthResult, ConnectInfo, From, Id, Publish, PublishAclResult, SubscribeAclResult};
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
 
 use super::acl::{Access, Identity, Policy};
 use super::front_door::RESERVED_CLIENT_PREFIX;
 use super::login::{LoginGate, Verdict};
+use super::packet_size;
 use super::retained::{RetainedError, RetainedMessages, Writer};
 use crate::config::{BrokerConfig, INTERNAL_MQTT_USER};
 use crate::log_limit::{LogLimiter, Verdict as LogVerdict};
@@ -96,6 +98,7 @@ impl Engine {
         logins: Arc<LoginGate>,
         policy: Arc<Policy>,
         anonymous: AnonymousAt,
+        processor_subscribed: CancellationToken,
     ) -> Result<(Self, Writer), EngineError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|err| EngineError::Storage { dir: data_dir.to_owned(), reason: err.to_string() })?;
@@ -125,6 +128,16 @@ impl Engine {
         register.add(Type::ClientAuthenticate, gatekeeper()).await;
         register.add(Type::MessagePublishCheckAcl, gatekeeper()).await;
         register.add(Type::ClientSubscribeCheckAcl, gatekeeper()).await;
+        register.add(Type::MessageExpiryCheck, Box::new(ClientPacketLimit)).await;
+        register
+            .add(
+                Type::MessagePublish,
+                Box::new(ProcessorWatch {
+                    awaited: Mutex::new(AWAITED_ROLES.to_vec()),
+                    subscribed: processor_subscribed,
+                }),
+            )
+            .await;
         register.start().await;
 
         let mqtt = listener(config, "mqtt")?.tcp().map_err(listener_error)?;
@@ -282,6 +295,65 @@ impl Gatekeeper {
             );
         }
         false
+    }
+}
+
+/// Discards, for one client, a message larger than the Maximum Packet Size its MQTT 5
+/// CONNECT asked for, as the protocol says (3.1.2.11.4): rmqtt would fail the write and
+/// close the connection. Its delivery hook is the expiry check, which drops quietly.
+struct ClientPacketLimit;
+
+#[async_trait::async_trait]
+impl Handler for ClientPacketLimit {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::MessageExpiryCheck(session, _, publish) = param
+            && let Ok(connect) = session.connect_info().await
+            && let Some(limit) = connect.max_packet_size()
+        {
+            let size = packet_size::v5_publish(
+                &publish.topic,
+                publish.payload.len(),
+                publish.qos != QoS::AtMostOnce,
+                publish.properties.as_ref(),
+            );
+            if size > limit.get() as usize {
+                debug!(client_id = %session.id.client_id, topic = %publish.topic, size, limit, "not sent: larger than the client takes");
+                return (false, Some(HookResult::MessageExpiry));
+            }
+        }
+        (true, acc)
+    }
+}
+
+/// The daemon's links whose persistent sessions hold the commands queued for them.
+const AWAITED_ROLES: [&str; 2] = [crate::processor::ROLE, crate::processor::robots::ROLE];
+
+/// Tells when the daemon's processor is subscribed: each of its links says "online"
+/// once its SUBSCRIBE is acknowledged (a superuser's publishes skip the ACL hooks, not
+/// this one).
+struct ProcessorWatch {
+    /// The roles not yet online.
+    awaited: Mutex<Vec<&'static str>>,
+    subscribed: CancellationToken,
+}
+
+#[async_trait::async_trait]
+impl Handler for ProcessorWatch {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::MessagePublish(Some(session), _, publish) = param
+            && !self.subscribed.is_cancelled()
+            && publish.payload.as_ref() == b"online"
+        {
+            let mut awaited = self.awaited.lock().unwrap_or_else(PoisonError::into_inner);
+            awaited.retain(|role| {
+                session.id.client_id.as_ref() != crate::mqtt::client_id(role)
+                    || publish.topic.as_ref() != crate::mqtt::availability_topic(role)
+            });
+            if awaited.is_empty() {
+                self.subscribed.cancel();
+            }
+        }
+        (true, acc)
     }
 }
 

@@ -57,6 +57,9 @@ pub struct FrontDoor {
     pub authenticate: bool,
     /// What `$SYS` reports.
     pub counters: Arc<Counters>,
+    /// Cancelled once the public may come in; until then only the daemon's own
+    /// processes are let through (see [`super::run`]).
+    pub open_to_public: CancellationToken,
 }
 
 impl FrontDoor {
@@ -89,8 +92,13 @@ impl FrontDoor {
             let sniff_timeout = self.sniff_timeout;
             let name = self.name;
             let tls = self.tls.as_ref().map(|certificates| certificates.acceptor());
-            let admission =
-                Admission { logins: self.logins.clone(), authenticate: self.authenticate, peer, listener: name };
+            let admission = Admission {
+                logins: self.logins.clone(),
+                authenticate: self.authenticate,
+                peer,
+                listener: name,
+                open_to_public: self.open_to_public.clone(),
+            };
             let counters = self.counters.clone();
             let shutdown = shutdown.clone();
             metrics::counter!("smarthomed_broker_connections_total", "listener" => name).increment(1);
@@ -168,6 +176,7 @@ struct Admission {
     authenticate: bool,
     peer: SocketAddr,
     listener: &'static str,
+    open_to_public: CancellationToken,
 }
 
 impl Admission {
@@ -210,6 +219,8 @@ where
             let head = tokio::time::timeout(sniff_timeout, read_http_head(&mut client))
                 .await
                 .map_err(|_| SpliceError::Timeout)??;
+            // The daemon's processes never use WebSocket.
+            admission.open_to_public.cancelled().await;
             (addr, head)
         }
         Route::Mqtt(addr) => {
@@ -222,6 +233,9 @@ where
             match admission.admit(connect).await {
                 Ok(connect) => {
                     info!(listener, %peer, client_id, user, protocol_level = level, "MQTT client connecting");
+                    if !client_id.starts_with(RESERVED_CLIENT_PREFIX) {
+                        admission.open_to_public.cancelled().await;
+                    }
                     (addr, connect.encode())
                 }
                 Err(refusal) => {

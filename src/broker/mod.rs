@@ -14,6 +14,7 @@ pub mod engine;
 pub mod front_door;
 pub mod login;
 pub mod packet_counter;
+pub mod packet_size;
 pub mod password;
 pub mod retained;
 pub mod sys;
@@ -49,11 +50,18 @@ pub enum BrokerError {
 /// Runs the broker until `shutdown` is cancelled; on a reload, takes the new
 /// `broker.users` (the other broker settings need a restart). Retained messages and
 /// sessions are kept under `store_dir`.
+///
+/// With `await_processor` (the daemon's own broker, whose processor comes next), the
+/// first start holds the public at the door until the processor is subscribed, at
+/// most [`PROCESSOR_WAIT`]: its persistent session does not exist yet, and a command
+/// acknowledged before it does would reach no one. Once stored, the session queues
+/// commands while the processor is away, on later starts too.
 pub async fn run(
     config: &BrokerConfig,
     store_dir: &Path,
     mut reloads: watch::Receiver<Arc<Config>>,
     internal_password: Option<Secret>,
+    await_processor: bool,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     let tcp = bind(config.listen, "broker.listen").await?;
@@ -83,8 +91,16 @@ pub async fn run(
     let mut users_now = config.users.clone();
     let logins = Arc::new(LoginGate::new(accounts.clone(), internal_password));
     let policy = Arc::new(acl::Policy::new(&config.acl, config.access));
-    let (engine, retained_writer) =
-        Engine::new(config, &store_dir.join("broker"), logins.clone(), policy, anonymous_at).await?;
+    let processor_subscribed = CancellationToken::new();
+    let (engine, retained_writer) = Engine::new(
+        config,
+        &store_dir.join("broker"),
+        logins.clone(),
+        policy,
+        anonymous_at,
+        processor_subscribed.clone(),
+    )
+    .await?;
     let backends = engine.backends;
     let publisher = engine.publisher.clone();
     let counters = Arc::new(sys::Counters::default());
@@ -95,6 +111,13 @@ pub async fn run(
     // The retained messages are written until the last client is gone.
     let clients_gone = CancellationToken::new();
     let writing = tokio::spawn(retained_writer.run(clients_gone.clone()));
+    let open_to_public = CancellationToken::new();
+    let marker = store_dir.join("broker").join(PROCESSOR_SESSION_MARKER);
+    if await_processor && !marker.exists() {
+        tracker.spawn(open_when_subscribed(processor_subscribed, open_to_public.clone(), marker, shutdown.clone()));
+    } else {
+        open_to_public.cancel();
+    }
     let door = |name, listener, route, tls: Option<&Arc<certificates::Certificates>>| FrontDoor {
         name,
         listener,
@@ -105,6 +128,7 @@ pub async fn run(
         logins: logins.clone(),
         authenticate: authenticating,
         counters: counters.clone(),
+        open_to_public: open_to_public.clone(),
     };
     let (mqtt, websocket) = (Route::Mqtt(backends.mqtt), Route::WebSocket(backends.websocket));
     let mut doors = vec![door("mqtt", tcp, mqtt, None), door("websocket", ws, websocket, None)];
@@ -182,6 +206,45 @@ pub async fn run(
     // Clients are gone and their sessions stored; give the storage time to write them.
     tokio::time::sleep(engine::STORAGE_FLUSH + Duration::from_millis(200)).await;
     result
+}
+
+/// How long the public waits at the door for the processor's first subscription; a
+/// processor that cannot start (a first start with Firestore out of reach) must not
+/// lock out every device. A processor starts in about a second.
+pub const PROCESSOR_WAIT: Duration = Duration::from_secs(10);
+
+/// Written under the broker's directory once the processor's session is stored: from
+/// then on the session queues commands while the processor is away, and nobody waits.
+const PROCESSOR_SESSION_MARKER: &str = "processor-session-stored";
+
+async fn open_when_subscribed(
+    subscribed: CancellationToken,
+    open: CancellationToken,
+    marker: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    info!("holding other clients until the processor is subscribed (first start)");
+    tokio::select! {
+        () = subscribed.cancelled() => info!("processor subscribed: letting every client in"),
+        () = tokio::time::sleep(PROCESSOR_WAIT) => {
+            warn!(
+                "the processor did not subscribe within {} s: letting every client in; commands \
+                 published before it does reach no one",
+                PROCESSOR_WAIT.as_secs()
+            );
+            open.cancel();
+            return;
+        }
+        () = shutdown.cancelled() => return,
+    }
+    open.cancel();
+    tokio::select! {
+        () = tokio::time::sleep(engine::STORAGE_FLUSH * 2) => {}
+        () = shutdown.cancelled() => return,
+    }
+    if let Err(err) = std::fs::write(&marker, "") {
+        warn!(path = %marker.display(), "cannot note that the processor's session is stored: {err}");
+    }
 }
 
 /// Publishes the `$SYS` topics every `interval`, from the first moment on.

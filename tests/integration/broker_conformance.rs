@@ -1,6 +1,7 @@
 //! What MQTT asks of a broker, checked on the embedded one (`smarthomed broker`) with
-//! real clients: delivered QoS, MQTT 5 session expiry, no local, retain handling, a
-//! subscriber that falls behind, and Mosquitto's `$SYS` topics.
+//! real clients: delivered QoS, MQTT 5 session expiry, no local, retain handling, the
+//! client's maximum packet size and receive maximum, a subscriber that falls behind,
+//! and Mosquitto's `$SYS` topics.
 
 use crate::common;
 
@@ -80,12 +81,22 @@ async fn next_publish(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<V5Packet>,
     wait: Duration,
 ) -> Option<(String, String, bool)> {
-    common::v5::next_packet(rx, wait, |packet| match packet {
-        V5Packet::Publish(publish) => Some((
+    next_whole_publish(rx, wait).await.map(|publish| {
+        (
             String::from_utf8_lossy(&publish.topic).into_owned(),
             String::from_utf8_lossy(&publish.payload).into_owned(),
             publish.retain,
-        )),
+        )
+    })
+}
+
+/// The next publish, whole; None when nothing comes within `wait`.
+async fn next_whole_publish(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<V5Packet>,
+    wait: Duration,
+) -> Option<rumqttc::v5::mqttbytes::v5::Publish> {
+    common::v5::next_packet(rx, wait, |packet| match packet {
+        V5Packet::Publish(publish) => Some(publish),
         _ => None,
     })
     .await
@@ -181,6 +192,63 @@ async fn mqtt_5_no_local_and_retain_handling_are_honoured() {
     plain.subscribe("handling/state", qos).await.unwrap();
     let retained = next_publish(&mut plain_rx, Duration::from_secs(10)).await;
     assert_eq!(retained, Some(("handling/state".into(), "retained".into(), true)));
+}
+
+#[tokio::test]
+async fn mqtt_5_a_client_gets_no_packet_over_its_maximum_packet_size() {
+    let daemon = Daemon::start("broker", "", "");
+    daemon.wait_broker().await;
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    // The client itself ends the connection on a larger packet, so the small message
+    // arrives only if the large one was held back.
+    let mut options = common::v5::options(daemon.mqtt_port, "v5-small");
+    options.set_max_packet_size(Some(256));
+    let (small, mut small_rx, _) = common::v5::client_with(options).await;
+    small.subscribe("size/#", qos).await.unwrap();
+    suback(&mut small_rx).await;
+    let (large, mut large_rx, _) = common::v5::client(daemon.mqtt_port, "v5-large", true, None).await;
+    large.subscribe("size/#", qos).await.unwrap();
+    suback(&mut large_rx).await;
+
+    let publisher = common::app::publisher(&daemon, "size-pub").await;
+    publisher.publish("size/large", QoS::AtLeastOnce, false, vec![b'x'; 1024]).await.unwrap();
+    publisher.publish("size/small", QoS::AtLeastOnce, false, "fits").await.unwrap();
+    let wait = Duration::from_secs(10);
+    assert_eq!(next_publish(&mut small_rx, wait).await, Some(("size/small".into(), "fits".into(), false)));
+    // A client without the limit gets both.
+    assert_eq!(next_publish(&mut large_rx, wait).await.map(|(topic, ..)| topic), Some("size/large".into()));
+    assert_eq!(next_publish(&mut large_rx, wait).await.map(|(topic, ..)| topic), Some("size/small".into()));
+}
+
+#[tokio::test]
+async fn mqtt_5_a_client_gets_no_more_unacknowledged_messages_than_its_receive_maximum() {
+    let daemon = Daemon::start("broker", "", "");
+    daemon.wait_broker().await;
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    let mut options = common::v5::options(daemon.mqtt_port, "v5-receive-max");
+    options.set_receive_maximum(Some(2));
+    options.set_manual_acks(true);
+    let (client, mut rx, _) = common::v5::client_with(options).await;
+    client.subscribe("window/#", qos).await.unwrap();
+    suback(&mut rx).await;
+    let publisher = common::app::publisher(&daemon, "window-pub").await;
+    for n in 0..6 {
+        publisher.publish(format!("window/{n}"), QoS::AtLeastOnce, false, n.to_string()).await.unwrap();
+    }
+
+    let mut window = Vec::new();
+    while let Some(publish) = next_whole_publish(&mut rx, Duration::from_secs(2)).await {
+        window.push(publish);
+    }
+    let topics: Vec<_> = window.iter().map(|publish| String::from_utf8_lossy(&publish.topic).into_owned()).collect();
+    assert_eq!(topics, ["window/0", "window/1"], "two in flight, no more");
+    // Each acknowledgement lets one more come, in order.
+    for n in 2..6 {
+        client.ack(&window.remove(0)).await.unwrap();
+        let publish = next_whole_publish(&mut rx, Duration::from_secs(10)).await.expect("the next message");
+        assert_eq!(String::from_utf8_lossy(&publish.topic), format!("window/{n}"));
+        window.push(publish);
+    }
 }
 
 #[tokio::test]

@@ -87,23 +87,9 @@ async fn no_acknowledged_command_is_lost_when_the_broker_crashes() {
     daemon.wait_broker().await;
 
     let mut replies = app::listen(&daemon, "crash-replies", "webos/android/+").await;
-    let (app, mut acks) = acknowledged_publisher(daemon.mqtt_port, "crash-app").await;
     let uids: Vec<String> = (0..20).map(|n| format!("crash-{n}-no-such-user")).collect();
-    for uid in &uids {
-        let command = format!(r#"{{"Producer":"android","command":"signin","UID":"{uid}"}}"#);
-        app.publish("webos/server/info", QoS::AtLeastOnce, false, command).await.unwrap();
-    }
-    wait_acks(&mut acks, uids.len()).await;
-
-    let mut unanswered: std::collections::HashSet<&String> = uids.iter().collect();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while !unanswered.is_empty() {
-            let (_, payload, _) = replies.recv().await.expect("replies");
-            unanswered.retain(|uid| !payload.contains(uid.as_str()));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("acknowledged commands were lost: {unanswered:?}"));
+    let _app = send_signins(daemon.mqtt_port, "crash-app", &uids).await;
+    expect_answers(&mut replies, &uids, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -142,4 +128,68 @@ async fn messages_a_client_had_not_acknowledged_are_delivered_again_when_it_retu
     let wanted: Vec<(String, String)> = (5..20).map(|n| (format!("work/{n}"), n.to_string())).collect();
     let wanted: Vec<(&str, &str)> = wanted.iter().map(|(t, p)| (t.as_str(), p.as_str())).collect();
     expect_messages(&mut again, &wanted).await;
+}
+
+/// Sends a signin per uid at QoS 1; returns once the broker acknowledged them all.
+async fn send_signins(port: u16, client_id: &str, uids: &[String]) -> AsyncClient {
+    let (app, mut acks) = acknowledged_publisher(port, client_id).await;
+    for uid in uids {
+        let command = format!(r#"{{"Producer":"android","command":"signin","UID":"{uid}"}}"#);
+        app.publish("webos/server/info", QoS::AtLeastOnce, false, command).await.unwrap();
+    }
+    wait_acks(&mut acks, uids.len()).await;
+    app
+}
+
+/// Waits until every uid is named by a reply.
+async fn expect_answers(replies: &mut app::Messages, uids: &[String], timeout: Duration) {
+    let mut unanswered: std::collections::HashSet<&String> = uids.iter().collect();
+    tokio::time::timeout(timeout, async {
+        while !unanswered.is_empty() {
+            let (_, payload, _) = replies.recv().await.expect("replies");
+            unanswered.retain(|uid| !payload.contains(uid.as_str()));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("acknowledged commands were lost: {unanswered:?}"));
+}
+
+#[tokio::test]
+async fn on_a_fresh_install_a_command_sent_the_moment_the_port_opens_is_answered() {
+    let daemon = Daemon::start("run", "", common::FAST_SUPERVISOR);
+    // The processor has never run: its session does not exist yet. The broker holds
+    // the app at the door until it does.
+    let port = daemon.mqtt_port;
+    common::wait_for(Duration::from_secs(20), "the broker's port", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await;
+    let at_the_door = common::wait_for_async(Duration::from_secs(20), "a CONNACK", || async move {
+        connect(port, "first-replies", None).await.ok()
+    })
+    .await;
+    let mut replies = subscriber(at_the_door.0, at_the_door.1, "webos/android/+").await;
+    let uids = vec!["first-command-no-such-user".to_string()];
+    let _app = send_signins(port, "first-app", &uids).await;
+    expect_answers(&mut replies, &uids, Duration::from_secs(15)).await;
+    assert!(daemon.log().contains("processor subscribed: letting every client in"), "{}", daemon.log());
+}
+
+#[tokio::test]
+async fn no_acknowledged_command_is_lost_on_sigterm() {
+    let mut daemon = Daemon::start("run", "", common::FAST_SUPERVISOR);
+    daemon.wait_broker().await;
+    // The replies' reader keeps its session across the restart.
+    let mut options = MqttOptions::new("sigterm-replies", "127.0.0.1", daemon.mqtt_port);
+    options.set_clean_session(false);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (reader, reader_loop) = connect_with(options).await.unwrap();
+    let mut replies = subscriber(reader, reader_loop, "webos/android/+").await;
+
+    let uids: Vec<String> = (0..50).map(|n| format!("sigterm-{n}-no-such-user")).collect();
+    let _app = send_signins(daemon.mqtt_port, "sigterm-app", &uids).await;
+    // Stopped the moment the last one is acknowledged: what the processor had not
+    // answered yet waits in its session, on disk, and is answered after the start.
+    daemon.restart("run").await;
+    expect_answers(&mut replies, &uids, Duration::from_secs(30)).await;
 }

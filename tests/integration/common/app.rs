@@ -40,9 +40,9 @@ pub async fn next_json(messages: &mut Messages, topic: &str) -> Value {
     found.unwrap_or_else(|_| panic!("nothing on {topic} within 15 s"))
 }
 
-/// Waits until the processor is subscribed: a probe signin is answered. What is
-/// published before a fresh processor's first subscription reaches no one, so the
-/// probe is repeated, each time with its own UID, which the answer names; answers that
+/// Waits until the processor is subscribed: a probe signin is answered. On an external
+/// broker, what is published before a fresh processor's first subscription reaches no
+/// one (the embedded broker holds the public until then), so the probe is repeated, each time with its own UID, which the answer names; answers that
 /// already arrived are then passed over.
 pub async fn wait_processor(client: &AsyncClient, replies: &mut Messages) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -14,10 +14,21 @@ pub async fn client(
     clean_start: bool,
     session_expiry_secs: Option<u32>,
 ) -> (AsyncClient, UnboundedReceiver<Packet>, bool) {
-    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    let mut options = options(port, id);
     options.set_clean_start(clean_start);
     options.set_session_expiry_interval(session_expiry_secs);
+    client_with(options).await
+}
+
+/// The options every test client starts from.
+pub fn options(port: u16, id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(5));
+    options
+}
+
+/// As [`client`], with the given options.
+pub async fn client_with(options: MqttOptions) -> (AsyncClient, UnboundedReceiver<Packet>, bool) {
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let session_present = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
