@@ -146,10 +146,12 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// The resident memory of the daemon and all its children, in MiB.
-fn daemon_rss_mib(daemon: &Daemon) -> f64 {
-    let pids = std::iter::once(daemon.pid()).chain(daemon.children().into_values());
-    pids.map(common::rss_kib).sum::<u64>() as f64 / 1024.0
+/// The memory of the daemon and all its children, in MiB: resident (the one binary's
+/// shared pages counted in every process) and proportional (counted once).
+fn daemon_memory(daemon: &Daemon) -> String {
+    let pids: Vec<u32> = std::iter::once(daemon.pid()).chain(daemon.children().into_values()).collect();
+    let sum = |read: fn(u32) -> u64| pids.iter().copied().map(read).sum::<u64>() as f64 / 1024.0;
+    format!("{:.1} MiB resident, {:.1} MiB proportional (PSS)", sum(common::rss_kib), sum(common::pss_kib))
 }
 
 fn missing(err: &str) -> String {
@@ -169,7 +171,7 @@ async fn main() {
     daemon.wait_children(&["broker", "processor", "syncer"]).await;
     // Let the children settle before reading memory at rest.
     tokio::time::sleep(Duration::from_secs(if full { 5 } else { 1 })).await;
-    let at_rest = daemon_rss_mib(&daemon);
+    let at_rest = daemon_memory(&daemon);
 
     let targets = [
         Target { name: "smarthomed", port: daemon.mqtt_port, login: None },
@@ -206,8 +208,5 @@ async fn main() {
         );
     }
     tokio::time::sleep(Duration::from_secs(if full { 5 } else { 1 })).await;
-    println!(
-        "whole daemon resident memory: {at_rest:.1} MiB at rest, {:.1} MiB after the load",
-        daemon_rss_mib(&daemon)
-    );
+    println!("whole daemon memory at rest: {at_rest}; after the load: {}", daemon_memory(&daemon));
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use serde_json::json;
-use smarthomed::schedule::model::Schedule;
+use smarthomed::protocol::schedule::Schedule;
 use smarthomed::schedule::timing;
 
 fn schedules(count: usize) -> Vec<Schedule> {

@@ -15,6 +15,7 @@ pub mod control;
 pub mod log_limit;
 pub mod mqtt;
 pub mod panic_exit;
+pub mod password;
 pub mod processor;
 pub mod protocol;
 pub mod robot;

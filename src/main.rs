@@ -362,7 +362,7 @@ fn user_command(command: &UserCommand) -> anyhow::Result<()> {
     let done = match command {
         UserCommand::Add(_) | UserCommand::Passwd(_) => {
             let password = read_new_password()?;
-            let hash = smarthomed::broker::password::hash(&password)?;
+            let hash = smarthomed::password::hash(&password)?;
             if matches!(command, UserCommand::Add(_)) {
                 edit_file(path, &Edit::Add { name, password_hash: &hash })?;
                 "added"
@@ -399,7 +399,7 @@ fn hash_password() -> anyhow::Result<()> {
     }
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).context("cannot read standard input")?;
-    let hash = smarthomed::broker::password::hash(line.trim_end_matches(['\r', '\n']))?;
+    let hash = smarthomed::password::hash(line.trim_end_matches(['\r', '\n']))?;
     println!("{hash}");
     Ok(())
 }

@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 
 use crate::config::{Backend, Config};
 use crate::processor::alarms;
-use crate::schedule::model::{SCHEDULES, Schedule};
+use crate::protocol::schedule::{SCHEDULES, Schedule};
 use crate::schedule::timing;
 use crate::store::firestore::FirestoreDocuments;
 use crate::store::service_account::{FIRESTORE_SCOPES, ServiceAccountTokens};
@@ -204,7 +204,7 @@ mod tests {
     fn schedules_are_listed_by_their_next_time_in_the_zone() {
         let zone: Tz = "Asia/Seoul".parse().unwrap();
         let now = DateTime::parse_from_rfc3339("2026-11-23T00:00:00Z").unwrap().with_timezone(&Utc);
-        let schedule = crate::schedule::model::tests::schedule_document;
+        let schedule = crate::protocol::schedule::tests::schedule_document;
         let documents =
             vec![("late".to_string(), schedule("late", "2030")), ("early".into(), schedule("early", "1015"))];
         let text = render_schedules(&documents, now, zone);

@@ -33,6 +33,7 @@ use super::packet_size;
 use super::retained::{RetainedError, RetainedMessages, Writer};
 use crate::config::{BrokerConfig, INTERNAL_MQTT_USER};
 use crate::log_limit::{LogLimiter, Verdict as LogVerdict};
+use crate::protocol::role::Role;
 
 /// How often sled writes what it holds in memory to its files; the stop waits this long
 /// (and a little more) after the last client has gone.
@@ -326,7 +327,7 @@ impl Handler for ClientPacketLimit {
 }
 
 /// The daemon's links whose persistent sessions hold the commands queued for them.
-const AWAITED_ROLES: [&str; 2] = [crate::processor::ROLE, crate::processor::robots::ROLE];
+const AWAITED_ROLES: [&str; 2] = [Role::Processor.name(), crate::protocol::robot::DAEMON_LINK];
 
 /// Tells when the daemon's processor is subscribed: each of its links says "online"
 /// once its SUBSCRIBE is acknowledged (a superuser's publishes skip the ACL hooks, not

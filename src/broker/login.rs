@@ -23,8 +23,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, oneshot};
 use tracing::info;
 
-use super::password;
 use crate::config::{BrokerUser, INTERNAL_MQTT_USER, Secret};
+use crate::password;
 
 pub const VERIFICATIONS_AT_ONCE: usize = 2;
 /// Logins that may wait for a verifier; more are told the server is busy at once, so a

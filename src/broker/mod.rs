@@ -15,7 +15,6 @@ pub mod front_door;
 pub mod login;
 pub mod packet_counter;
 pub mod packet_size;
-pub mod password;
 pub mod retained;
 pub mod sys;
 

@@ -24,8 +24,8 @@ use crate::config::Config;
 use crate::log_limit::{LogLimiter, Verdict};
 use crate::protocol::appliance::{self, Change, State};
 use crate::protocol::command::error_reply;
+use crate::protocol::schedule::{MODES, find_mode};
 use crate::protocol::topics::{CURRENT_STATE_TOPIC, DATA_ERROR_TOPIC, RECOMMENDATION_TOPIC};
-use crate::schedule::model;
 use crate::store::{DocumentStore, StoreError};
 
 /// Where the processor keeps what it must remember across restarts.
@@ -127,7 +127,7 @@ impl<S: DocumentStore> Appliance<S> {
                     warn!(suppressed_before, "{message}");
                 }
                 self.publish(DATA_ERROR_TOPIC, false, error_reply(err.code(), &message, None).to_string()).await;
-                self.alerter.raise(Alert::new("processor", "the appliance reported an unreadable state", message));
+                self.alerter.raise(Alert::new(super::ROLE, "the appliance reported an unreadable state", message));
                 return;
             }
         };
@@ -181,7 +181,7 @@ impl<S: DocumentStore> Appliance<S> {
 
     /// The `modeName` of the mode with `modeNum` = `number`.
     async fn mode_name(&self, number: u8) -> Result<String, StoreError> {
-        let found = model::find_mode(self.store.list(model::MODES).await?, number);
+        let found = find_mode(self.store.list(MODES).await?, number);
         let name = found.and_then(|(_, mode)| mode.get("modeName").and_then(Value::as_str).map(str::to_owned));
         Ok(name.unwrap_or_else(|| {
             warn!(number, "no mode document has this modeNum");
@@ -216,7 +216,7 @@ impl<S: DocumentStore> Appliance<S> {
     fn store_failed(&self, what: &str, err: &StoreError) {
         metrics::counter!("smarthomed_processor_store_errors_total").increment(1);
         warn!("{what}: {err}");
-        self.alerter.raise(Alert::new("processor", what, err.to_string()));
+        self.alerter.raise(Alert::new(super::ROLE, what, err.to_string()));
     }
 
     async fn publish(&self, topic: &str, retain: bool, payload: String) {

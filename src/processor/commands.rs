@@ -16,9 +16,9 @@ use crate::alert::{Alert, Alerter};
 use crate::config::Config;
 use crate::log_limit::{LogLimiter, Verdict};
 use crate::protocol::appliance::Control;
-use crate::protocol::command::{self, Command, Rejection, Request};
+use crate::protocol::command::{self, Code, Command, Rejection, Request};
+use crate::protocol::schedule::{MODES, Mode, SCHEDULES, Schedule, find_mode};
 use crate::protocol::topics::{self, APPLIANCE_CONTROL_TOPIC, CAMERA_TOPIC};
-use crate::schedule::model::{MODES, Mode, SCHEDULES, Schedule, find_mode};
 use crate::store::{DocumentStore, StoreError};
 
 use super::robots::RobotDesk;
@@ -40,7 +40,7 @@ pub struct Handlers<S> {
 impl From<StoreError> for Rejection {
     fn from(err: StoreError) -> Self {
         metrics::counter!("smarthomed_processor_store_errors_total").increment(1);
-        Rejection::new("store_error", format!("the store failed: {err}"))
+        Rejection::new(Code::StoreError, format!("the store failed: {err}"))
     }
 }
 
@@ -69,14 +69,14 @@ impl<S: DocumentStore> Handlers<S> {
     /// Answers a command that could not be read.
     pub async fn refuse(&self, rejection: Rejection) {
         // The command's name is not used as a label: an unread one may be anything.
-        metrics::counter!("smarthomed_processor_commands_total", "command" => "unreadable", "outcome" => rejection.code)
+        metrics::counter!("smarthomed_processor_commands_total", "command" => "unreadable", "outcome" => rejection.code.as_str())
             .increment(1);
         let verdict = match self.log_limit.lock() {
-            Ok(mut limit) => limit.check(rejection.code, Instant::now()),
+            Ok(mut limit) => limit.check(rejection.code.as_str(), Instant::now()),
             Err(_) => Verdict::Log { suppressed_before: 0 },
         };
         if let Verdict::Log { suppressed_before } = verdict {
-            info!(code = rejection.code, suppressed_before, "rejected command: {}", rejection.message);
+            info!(code = rejection.code.as_str(), suppressed_before, "rejected command: {}", rejection.message);
         }
         self.reject(&rejection).await;
     }
@@ -92,7 +92,7 @@ impl<S: DocumentStore> Handlers<S> {
         let outcome = tokio::time::timeout(timeout, self.carry_out(&command)).await;
         let code = match &outcome {
             Ok(Ok(())) => "ok",
-            Ok(Err(rejection)) => rejection.code,
+            Ok(Err(rejection)) => rejection.code.as_str(),
             Err(_) => "timeout",
         };
         let name = command.name.clone();
@@ -103,9 +103,9 @@ impl<S: DocumentStore> Handlers<S> {
             Ok(Ok(())) => return,
             Ok(Err(rejection)) => rejection,
             Err(_) => {
-                let rejection = Rejection::new("timeout", format!("not done within {} ms", timeout.as_millis()));
+                let rejection = Rejection::new(Code::Timeout, format!("not done within {} ms", timeout.as_millis()));
                 self.alerter.raise(Alert::new(
-                    "processor",
+                    super::ROLE,
                     format!("command {} timed out", command.name),
                     format!("from {}; {}", command.producer, rejection.message),
                 ));
@@ -114,8 +114,8 @@ impl<S: DocumentStore> Handlers<S> {
         };
         let rejection =
             Rejection { producer: Some(command.producer.clone()), command: Some(command.name.clone()), ..failure };
-        if rejection.code == "store_error" {
-            self.alerter.raise(Alert::new("processor", "a command failed on the store", rejection.message.clone()));
+        if rejection.code == Code::StoreError {
+            self.alerter.raise(Alert::new(super::ROLE, "a command failed on the store", rejection.message.clone()));
         }
         self.reject(&rejection).await;
     }
@@ -140,7 +140,7 @@ impl<S: DocumentStore> Handlers<S> {
                 .robots
                 .ask(producer, request.clone())
                 .await
-                .map_err(|refused| Rejection::new(refused.code, refused.message)),
+                .map_err(|refused| Rejection::new(Code::Robot(refused.code), refused.message)),
         }
     }
 
@@ -154,7 +154,7 @@ impl<S: DocumentStore> Handlers<S> {
 
     async fn signin(&self, producer: &str, uid: &str) -> Result<(), Rejection> {
         let Some(mut user) = self.store.get(USERS, uid).await? else {
-            return Err(Rejection::new("unknown_user", format!("no user with UID {uid}")));
+            return Err(Rejection::new(Code::UnknownUser, format!("no user with UID {uid}")));
         };
         user.insert("Producer".into(), json!("server"));
         user.insert("command".into(), json!("return_name"));
@@ -178,10 +178,13 @@ impl<S: DocumentStore> Handlers<S> {
         let exists = self.store.get(SCHEDULES, &schedule.title).await?.is_some();
         match (adding, exists) {
             (true, true) => {
-                return Err(Rejection::new("already_exists", format!("a schedule titled {:?} exists", schedule.title)));
+                return Err(Rejection::new(
+                    Code::AlreadyExists,
+                    format!("a schedule titled {:?} exists", schedule.title),
+                ));
             }
             (false, false) => {
-                return Err(Rejection::new("not_found", format!("no schedule titled {:?}", schedule.title)));
+                return Err(Rejection::new(Code::NotFound, format!("no schedule titled {:?}", schedule.title)));
             }
             _ => {}
         }
@@ -194,7 +197,7 @@ impl<S: DocumentStore> Handlers<S> {
 
     async fn schedule_delete(&self, producer: &str, title: &str) -> Result<(), Rejection> {
         if !self.store.delete(SCHEDULES, title).await? {
-            return Err(Rejection::new("not_found", format!("no schedule titled {title:?}")));
+            return Err(Rejection::new(Code::NotFound, format!("no schedule titled {title:?}")));
         }
         info!(producer, title, "schedule_deleted");
         self.reply(producer, json!({"command": "schedule_deleted", "title": title})).await
@@ -209,8 +212,8 @@ impl<S: DocumentStore> Handlers<S> {
     async fn mode_save(&self, producer: &str, mode: &Mode, adding: bool) -> Result<(), Rejection> {
         let existing = self.mode_id(mode.number).await?;
         let id = match (adding, existing) {
-            (true, Some(_)) => return Err(Rejection::new("already_exists", format!("mode {} exists", mode.number))),
-            (false, None) => return Err(Rejection::new("not_found", format!("no mode {}", mode.number))),
+            (true, Some(_)) => return Err(Rejection::new(Code::AlreadyExists, format!("mode {} exists", mode.number))),
+            (false, None) => return Err(Rejection::new(Code::NotFound, format!("no mode {}", mode.number))),
             (true, None) => mode.number.to_string(),
             (false, Some(id)) => id,
         };
@@ -223,7 +226,7 @@ impl<S: DocumentStore> Handlers<S> {
 
     async fn mode_delete(&self, producer: &str, number: u8) -> Result<(), Rejection> {
         let Some(id) = self.mode_id(number).await? else {
-            return Err(Rejection::new("not_found", format!("no mode {number}")));
+            return Err(Rejection::new(Code::NotFound, format!("no mode {number}")));
         };
         self.store.delete(MODES, &id).await?;
         info!(producer, number, "mode_deleted");
@@ -254,12 +257,12 @@ impl<S: DocumentStore> Handlers<S> {
     async fn start_facer(&self, producer: &str) -> Result<(), Rejection> {
         let Some((program, args)) = self.config.processor.facer_command.split_first() else {
             return Err(Rejection::new(
-                "facer_unavailable",
+                Code::FacerUnavailable,
                 "no face recognizer is configured (processor.facer_command)",
             ));
         };
         let Some(running) = FacerRunning::claim(&self.facer_running) else {
-            return Err(Rejection::new("facer_busy", "a face recognition is already running"));
+            return Err(Rejection::new(Code::FacerBusy, "a face recognition is already running"));
         };
         let sign = |sign: &str| json!({"Producer": "server", "command": "facer_sign", "sign": sign}).to_string();
         self.publish(CAMERA_TOPIC, sign("start")).await;
@@ -280,7 +283,7 @@ impl<S: DocumentStore> Handlers<S> {
             match self.store.get(USERS, &result).await {
                 Ok(Some(user)) => user.get("name").and_then(Value::as_str).unwrap_or("fail").to_string(),
                 Ok(None) => "fail".to_string(),
-                Err(StoreError::InvalidName { .. }) => "fail".to_string(),
+                Err(StoreError::InvalidName(_)) => "fail".to_string(),
                 Err(err) => return Err(err.into()),
             }
         };

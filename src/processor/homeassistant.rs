@@ -7,7 +7,7 @@ use rumqttc::{AsyncClient, QoS};
 use tracing::{info, warn};
 
 use crate::protocol::appliance::State;
-use crate::protocol::command::{Command, Rejection, Request};
+use crate::protocol::command::{Code, Command, Rejection, Request};
 use crate::protocol::homeassistant;
 
 /// The producer Home Assistant's commands carry: errors go to `webos/homeassistant/error`.
@@ -33,7 +33,7 @@ pub fn command(topic: &str, payload: &[u8], current: &State) -> Result<Command, 
             Ok(Command { producer: PRODUCER.into(), name: "control".into(), request: Request::Control(control) })
         }
         Err(err) => Err(Rejection {
-            code: "invalid_control",
+            code: Code::InvalidControl,
             message: err.to_string(),
             producer: Some(PRODUCER.into()),
             command: Some("control".into()),

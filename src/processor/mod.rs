@@ -40,8 +40,9 @@ use crate::mqtt::{self, Acker, Link, MqttError};
 use crate::protocol::appliance::State;
 use crate::protocol::command::{Command, Rejection, Request};
 use crate::protocol::homeassistant as protocol_homeassistant;
+use crate::protocol::role::Role;
+use crate::protocol::schedule::MODES;
 use crate::protocol::topics;
-use crate::schedule::model::MODES;
 use crate::store::embedded::EmbeddedDocuments;
 use crate::store::firestore::{Endpoint, FirestoreDocuments};
 use crate::store::service_account::{FIRESTORE_SCOPES, ServiceAccountTokens};
@@ -49,7 +50,7 @@ use crate::store::{DocumentStore, StoreError};
 use appliance::ApplianceInput;
 use commands::Handlers;
 
-pub const ROLE: &str = "processor";
+pub const ROLE: &str = Role::Processor.name();
 /// The processor's own records: the last appliance state, how far schedules were run.
 pub const STATE_COLLECTION: &str = "smarthomed_state";
 /// A wait for a free handler longer than this counts as overload.

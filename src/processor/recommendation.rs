@@ -1,9 +1,9 @@
 //! The recommendation ("notification") rules of car2home.md section 6: the first rule
 //! that matches wins. Plain functions over plain inputs.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::Rules;
 use crate::protocol::appliance::State;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,28 +14,6 @@ pub enum Advice {
     SnowForecastCloseWindow,
     BadAirCloseWindow,
     Nothing,
-}
-
-/// The thresholds of the rules.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Rules {
-    /// `air_level` (OpenWeatherMap AQI, 1 good .. 5 very poor) from which air is bad.
-    pub bad_air_level: u8,
-    /// Weather icon prefixes that mean rain (drizzle, rain, thunderstorm).
-    pub rain_icons: Vec<String>,
-    /// Weather icon prefixes that mean snow.
-    pub snow_icons: Vec<String>,
-}
-
-impl Default for Rules {
-    fn default() -> Self {
-        Self {
-            bad_air_level: 2,
-            rain_icons: vec!["09".into(), "10".into(), "11".into()],
-            snow_icons: vec!["13".into()],
-        }
-    }
 }
 
 /// What the rules look at; sensors not heard from yet are `None`.

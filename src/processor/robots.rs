@@ -22,9 +22,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::alert::{Alert, Alerter, Outage};
+use crate::config::Language;
 use crate::mqtt::Acker;
 use crate::processor::alarms;
-use crate::processor::texts::{self, Language};
+use crate::processor::texts;
 use crate::protocol::command::RobotRequest;
 use crate::protocol::robot::{
     self as wire, ConnectionMessage, EstopRequest, Factsheet, Leaf, RobotStatus, StateMessage, Target,
@@ -33,7 +34,7 @@ use crate::protocol::topics;
 use crate::robot::fleet::{CommandRecord, Effect, Fleet, LatchRecord, Now, Refused, Registration, Save};
 use crate::store::{Document, DocumentStore, StoreError};
 
-pub const ROLE: &str = "robots";
+pub const ROLE: &str = wire::DAEMON_LINK;
 pub const ROBOTS: &str = "robots";
 pub const ESTOPS: &str = "robot_estops";
 pub const COMMANDS: &str = "robot_commands";

@@ -26,8 +26,8 @@ use crate::alert::{Alert, Alerter};
 use crate::config::Config;
 use crate::protocol::appliance::State;
 use crate::protocol::command::error_reply;
+use crate::protocol::schedule::{DocumentError, MODES, Mode, SCHEDULES, Schedule};
 use crate::protocol::topics::{APPLIANCE_CONTROL_TOPIC, DATA_ERROR_TOPIC, DATA_WARNING_TOPIC};
-use crate::schedule::model::{self, DocumentError, Mode, Schedule};
 use crate::schedule::timing::{self, Occurrence, Plan};
 use crate::schedule::{clock, target};
 use crate::store::{Document, DocumentEvent, DocumentStore, StoreError};
@@ -106,7 +106,7 @@ impl<S: DocumentStore> Engine<S> {
         let max_sleep = std::time::Duration::from_secs(self.config.schedule.max_sleep_secs);
         let (schedule_events, mut schedule_queue) = mpsc::channel(16);
         let (mode_events, mut mode_queue) = mpsc::channel(16);
-        for (collection, events) in [(model::SCHEDULES, schedule_events), (model::MODES, mode_events)] {
+        for (collection, events) in [(SCHEDULES, schedule_events), (MODES, mode_events)] {
             let store = self.store.clone();
             let stop = shutdown.clone();
             let alerter = self.alerter.clone();
@@ -114,7 +114,7 @@ impl<S: DocumentStore> Engine<S> {
                 if let Err(err) = store.watch(collection, events, stop).await {
                     warn!(collection, "schedule listener stopped: {err}");
                     alerter.raise(Alert::new(
-                        "processor",
+                        super::ROLE,
                         "the schedule engine lost its store listener",
                         err.to_string(),
                     ));
@@ -231,7 +231,7 @@ impl<S: DocumentStore> Engine<S> {
                 ),
             }
             if !schedule.repeat {
-                match self.store.delete(model::SCHEDULES, &schedule.title).await {
+                match self.store.delete(SCHEDULES, &schedule.title).await {
                     Ok(_) => {
                         known.schedules.items.remove(&schedule.title);
                         info!(title = schedule.title, "one-off schedule done and deleted");
@@ -330,7 +330,7 @@ impl<S: DocumentStore> Engine<S> {
     /// Logs, alerts and publishes a problem for operators.
     fn report(&self, topic: &'static str, code: &'static str, message: String) {
         warn!(code, "{message}");
-        self.alerter.raise(Alert::new("processor", format!("schedules: {code}"), message.clone()));
+        self.alerter.raise(Alert::new(super::ROLE, format!("schedules: {code}"), message.clone()));
         let payload = error_reply(code, &message, None).to_string();
         if let Err(err) = self.client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
             warn!("cannot publish the report: {err}");
@@ -340,14 +340,14 @@ impl<S: DocumentStore> Engine<S> {
     fn store_failed(&self, what: &str, err: &StoreError) {
         metrics::counter!("smarthomed_processor_store_errors_total").increment(1);
         warn!("{what}: {err}");
-        self.alerter.raise(Alert::new("processor", what, err.to_string()));
+        self.alerter.raise(Alert::new(super::ROLE, what, err.to_string()));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::model::tests::schedule_document;
+    use crate::protocol::schedule::tests::schedule_document;
 
     #[test]
     fn a_malformed_document_is_reported_once_until_its_problem_changes() {

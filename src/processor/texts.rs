@@ -2,18 +2,9 @@
 //! wrote them (typos included: apps may compare them), is the default; English is
 //! selectable with `processor.language = "en"`.
 
-use serde::{Deserialize, Serialize};
-
 use super::recommendation::Advice;
+use crate::config::Language;
 use crate::protocol::appliance::Change;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Language {
-    #[default]
-    Ko,
-    En,
-}
 
 /// One alarm as the apps show it: text and icon name.
 #[derive(Debug, Clone, PartialEq, Eq)]

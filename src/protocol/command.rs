@@ -10,7 +10,8 @@
 use serde_json::{Map, Value, json};
 
 use super::appliance::{Control, ParseError};
-use crate::schedule::model::{Mode, Schedule};
+use super::names::check_name;
+use super::schedule::{Mode, Schedule};
 
 use super::topics::{DATA_WARNING_TOPIC, error_topic};
 
@@ -115,7 +116,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         producers: APPS,
         parse: |fields| {
             let title = text_field(fields, "title")?;
-            crate::store::check_name("title", &title).map_err(|err| Rejection::new("bad_field", err.to_string()))?;
+            check_name("title", &title).map_err(|err| Rejection::new(Code::BadField, err.to_string()))?;
             Ok(Request::ScheduleDelete { title })
         },
     },
@@ -126,12 +127,12 @@ pub const COMMANDS: &[CommandSpec] = &[
         command: "mode_delete",
         producers: APPS,
         parse: |fields| match fields.get("modeNum") {
-            None => Err(Rejection::new("missing_field", "modeNum is missing")),
+            None => Err(Rejection::new(Code::MissingField, "modeNum is missing")),
             Some(value) => value
                 .as_u64()
                 .filter(|number| (1..=9).contains(number))
                 .map(|number| Request::ModeDelete { number: number as u8 })
-                .ok_or_else(|| Rejection::new("bad_field", "modeNum must be an integer 1-9")),
+                .ok_or_else(|| Rejection::new(Code::BadField, "modeNum must be an integer 1-9")),
         },
     },
     CommandSpec {
@@ -156,7 +157,7 @@ pub const COMMANDS: &[CommandSpec] = &[
 fn robot_id(fields: &Map<String, Value>) -> Result<String, Rejection> {
     let robot = text_field(fields, "robot")?;
     if !crate::protocol::robot::valid_robot_id(&robot) {
-        return Err(Rejection::new("bad_field", "robot must match [A-Za-z0-9_.:-]{1,64} and not be \"all\""));
+        return Err(Rejection::new(Code::BadField, "robot must match [A-Za-z0-9_.:-]{1,64} and not be \"all\""));
     }
     Ok(robot)
 }
@@ -167,34 +168,34 @@ fn uid_list(fields: &Map<String, Value>, key: &'static str) -> Result<Vec<String
         Some(Value::Array(items)) => items
             .iter()
             .map(|item| match item {
-                Value::String(uid) if crate::store::check_name("UID", uid).is_ok() => Ok(uid.clone()),
-                _ => Err(Rejection::new("bad_field", format!("{key} must be a list of UIDs"))),
+                Value::String(uid) if check_name("UID", uid).is_ok() => Ok(uid.clone()),
+                _ => Err(Rejection::new(Code::BadField, format!("{key} must be a list of UIDs"))),
             })
             .collect(),
-        Some(_) => Err(Rejection::new("bad_field", format!("{key} must be a list of UIDs"))),
+        Some(_) => Err(Rejection::new(Code::BadField, format!("{key} must be a list of UIDs"))),
     }
 }
 
 fn robot_registration(fields: &Map<String, Value>) -> Result<Request, Rejection> {
     let kind_name = text_field(fields, "kind")?;
     let kind = serde_json::from_value(Value::String(kind_name.clone()))
-        .map_err(|_| Rejection::new("bad_field", format!("kind {kind_name:?} is not vacuum, serving or mobile")))?;
+        .map_err(|_| Rejection::new(Code::BadField, format!("kind {kind_name:?} is not vacuum, serving or mobile")))?;
     let heartbeat_secs = match fields.get("heartbeatSecs") {
         None => crate::protocol::robot::DEFAULT_HEARTBEAT_SECS,
         Some(value) => value
             .as_u64()
             .filter(|secs| (1..=3600).contains(secs))
             .map(|secs| secs as u32)
-            .ok_or_else(|| Rejection::new("bad_field", "heartbeatSecs must be an integer 1-3600"))?,
+            .ok_or_else(|| Rejection::new(Code::BadField, "heartbeatSecs must be an integer 1-3600"))?,
     };
     let on_daemon_lost = match fields.get("onDaemonLost") {
         None => crate::protocol::robot::OnDaemonLost::Pause,
         Some(choice) => serde_json::from_value(choice.clone())
-            .map_err(|_| Rejection::new("bad_field", "onDaemonLost must be continue, pause or stop"))?,
+            .map_err(|_| Rejection::new(Code::BadField, "onDaemonLost must be continue, pause or stop"))?,
     };
     let name = text_field(fields, "name")?;
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(Rejection::new("bad_field", "name must be 1-100 characters"));
+        return Err(Rejection::new(Code::BadField, "name must be 1-100 characters"));
     }
     Ok(Request::Robot(RobotRequest::Register(RobotRegistration {
         uid: uid(fields)?,
@@ -211,16 +212,16 @@ fn robot_registration(fields: &Map<String, Value>) -> Result<Request, Rejection>
 fn robot_command(fields: &Map<String, Value>) -> Result<Request, Rejection> {
     let cmd_id = text_field(fields, "cmdId")?;
     if cmd_id.is_empty() || cmd_id.len() > 64 || !cmd_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(Rejection::new("bad_field", "cmdId must be 1-64 letters, digits or dashes (a UUID)"));
+        return Err(Rejection::new(Code::BadField, "cmdId must be 1-64 letters, digits or dashes (a UUID)"));
     }
     let action = text_field(fields, "action")?;
     let params = fields.get("params").cloned().unwrap_or(Value::Null);
     if !(params.is_null() || params.is_object()) {
-        return Err(Rejection::new("bad_field", "params must be an object"));
+        return Err(Rejection::new(Code::BadField, "params must be an object"));
     }
     let stamp = text_field(fields, "timestamp")?;
     let sent_at = chrono::DateTime::parse_from_rfc3339(&stamp)
-        .map_err(|err| Rejection::new("bad_field", format!("timestamp is not RFC 3339: {err}")))?
+        .map_err(|err| Rejection::new(Code::BadField, format!("timestamp is not RFC 3339: {err}")))?
         .with_timezone(&chrono::Utc);
     Ok(Request::Robot(RobotRequest::Command(RobotCommand {
         uid: uid(fields)?,
@@ -237,30 +238,83 @@ fn schedule(fields: &Map<String, Value>) -> Result<Schedule, Rejection> {
     let document = object_field(fields, "schedule")?;
     let title = match document.get("title") {
         Some(Value::String(title)) => title.clone(),
-        _ => return Err(Rejection::new("invalid_schedule", "schedule.title must be a string")),
+        _ => return Err(Rejection::new(Code::InvalidSchedule, "schedule.title must be a string")),
     };
-    crate::store::check_name("title", &title).map_err(|err| Rejection::new("invalid_schedule", err.to_string()))?;
-    Schedule::from_document(&title, document).map_err(|err| Rejection::new("invalid_schedule", err.to_string()))
+    check_name("title", &title).map_err(|err| Rejection::new(Code::InvalidSchedule, err.to_string()))?;
+    Schedule::from_document(&title, document).map_err(|err| Rejection::new(Code::InvalidSchedule, err.to_string()))
 }
 
 /// The `mode` key: a document in the Android app's format.
 fn mode(fields: &Map<String, Value>) -> Result<Mode, Rejection> {
     let document = object_field(fields, "mode")?;
-    Mode::from_document("(new)", document).map_err(|err| Rejection::new("invalid_mode", err.to_string()))
+    Mode::from_document("(new)", document).map_err(|err| Rejection::new(Code::InvalidMode, err.to_string()))
 }
 
 fn object_field<'a>(fields: &'a Map<String, Value>, key: &'static str) -> Result<&'a Map<String, Value>, Rejection> {
     match fields.get(key) {
         Some(Value::Object(document)) => Ok(document),
-        Some(other) => Err(Rejection::new("bad_field", format!("{key} must be an object, not {}", json_type(other)))),
-        None => Err(Rejection::new("missing_field", format!("{key} is missing"))),
+        Some(other) => {
+            Err(Rejection::new(Code::BadField, format!("{key} must be an object, not {}", json_type(other))))
+        }
+        None => Err(Rejection::new(Code::MissingField, format!("{key} is missing"))),
+    }
+}
+
+/// The `code` of an error reply: why a command was refused (protocol/README.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    NotJson,
+    NotUtf8,
+    NotAnObject,
+    PayloadTooLarge,
+    UnknownProducer,
+    MissingField,
+    BadField,
+    UnknownCommand,
+    InvalidControl,
+    InvalidSchedule,
+    InvalidMode,
+    AlreadyExists,
+    NotFound,
+    UnknownUser,
+    FacerBusy,
+    FacerUnavailable,
+    StoreError,
+    Timeout,
+    /// Refused by the robot desk, with the robot channel's own code.
+    Robot(&'static str),
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::NotJson => "not_json",
+            Code::NotUtf8 => "not_utf8",
+            Code::NotAnObject => "not_an_object",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::UnknownProducer => "unknown_producer",
+            Code::MissingField => "missing_field",
+            Code::BadField => "bad_field",
+            Code::UnknownCommand => "unknown_command",
+            Code::InvalidControl => "invalid_control",
+            Code::InvalidSchedule => "invalid_schedule",
+            Code::InvalidMode => "invalid_mode",
+            Code::AlreadyExists => "already_exists",
+            Code::NotFound => "not_found",
+            Code::UnknownUser => "unknown_user",
+            Code::FacerBusy => "facer_busy",
+            Code::FacerUnavailable => "facer_unavailable",
+            Code::StoreError => "store_error",
+            Code::Timeout => "timeout",
+            Code::Robot(code) => code,
+        }
     }
 }
 
 /// A command that cannot be carried out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     /// The producer, when the payload named a known one: the reply goes there.
     pub producer: Option<String>,
@@ -269,12 +323,12 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Self { code, message: message.into(), producer: None, command: None }
     }
 
     fn bad_control(err: &ParseError) -> Self {
-        Self::new("invalid_control", format!("control: {err}"))
+        Self::new(Code::InvalidControl, format!("control: {err}"))
     }
 
     /// Where the error reply goes: the producer's error topic, or operators' warnings.
@@ -287,7 +341,7 @@ impl Rejection {
 
     /// The error reply.
     pub fn reply(&self) -> Value {
-        error_reply(self.code, &self.message, self.command.as_deref())
+        error_reply(self.code.as_str(), &self.message, self.command.as_deref())
     }
 }
 
@@ -347,21 +401,21 @@ impl Command {
 pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Command, Rejection> {
     if payload.len() > max_bytes {
         return Err(Rejection::new(
-            "payload_too_large",
+            Code::PayloadTooLarge,
             format!("a command may be at most {max_bytes} bytes, this one is {}", payload.len()),
         ));
     }
     let text = std::str::from_utf8(payload)
-        .map_err(|err| Rejection::new("not_utf8", format!("payload is not UTF-8 text: {err}")))?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|err| Rejection::new("not_json", format!("payload is not JSON: {err}")))?;
+        .map_err(|err| Rejection::new(Code::NotUtf8, format!("payload is not UTF-8 text: {err}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|err| Rejection::new(Code::NotJson, format!("payload is not JSON: {err}")))?;
     let Value::Object(fields) = value else {
-        return Err(Rejection::new("not_an_object", "a command must be a JSON object"));
+        return Err(Rejection::new(Code::NotAnObject, "a command must be a JSON object"));
     };
     let producer = match fields.get("Producer") {
         Some(Value::String(producer)) => producer.clone(),
-        Some(_) => return Err(Rejection::new("bad_field", "Producer must be a string")),
-        None => return Err(Rejection::new("missing_field", "Producer is missing")),
+        Some(_) => return Err(Rejection::new(Code::BadField, "Producer must be a string")),
+        None => return Err(Rejection::new(Code::MissingField, "Producer is missing")),
     };
     let known = PRODUCERS.contains(&producer.as_str());
     let with_producer = |mut rejection: Rejection| {
@@ -372,19 +426,19 @@ pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Command, Rejection> {
     };
     let name = match fields.get("command") {
         Some(Value::String(name)) => name.clone(),
-        Some(_) => return Err(with_producer(Rejection::new("bad_field", "command must be a string"))),
-        None => return Err(with_producer(Rejection::new("missing_field", "command is missing"))),
+        Some(_) => return Err(with_producer(Rejection::new(Code::BadField, "command must be a string"))),
+        None => return Err(with_producer(Rejection::new(Code::MissingField, "command is missing"))),
     };
     let with_command = |rejection: Rejection| Rejection { command: Some(name.clone()), ..with_producer(rejection) };
     if !known {
         return Err(with_command(Rejection::new(
-            "unknown_producer",
+            Code::UnknownProducer,
             format!("unknown Producer {producer:?}; known: {}", PRODUCERS.join(", ")),
         )));
     }
     let Some(spec) = COMMANDS.iter().find(|spec| spec.command == name && spec.producers.contains(&producer.as_str()))
     else {
-        return Err(with_command(Rejection::new("unknown_command", format!("{producer} has no command {name:?}"))));
+        return Err(with_command(Rejection::new(Code::UnknownCommand, format!("{producer} has no command {name:?}"))));
     };
     let request = (spec.parse)(&fields).map_err(with_command)?;
     Ok(Command { producer, name, request })
@@ -393,15 +447,15 @@ pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Command, Rejection> {
 fn text_field(fields: &Map<String, Value>, key: &'static str) -> Result<String, Rejection> {
     match fields.get(key) {
         Some(Value::String(text)) => Ok(text.clone()),
-        Some(other) => Err(Rejection::new("bad_field", format!("{key} must be a string, not {}", json_type(other)))),
-        None => Err(Rejection::new("missing_field", format!("{key} is missing"))),
+        Some(other) => Err(Rejection::new(Code::BadField, format!("{key} must be a string, not {}", json_type(other)))),
+        None => Err(Rejection::new(Code::MissingField, format!("{key} is missing"))),
     }
 }
 
 /// A user id, usable as a document id.
 fn uid(fields: &Map<String, Value>) -> Result<String, Rejection> {
     let uid = text_field(fields, "UID")?;
-    crate::store::check_name("UID", &uid).map_err(|err| Rejection::new("bad_field", err.to_string()))?;
+    check_name("UID", &uid).map_err(|err| Rejection::new(Code::BadField, err.to_string()))?;
     Ok(uid)
 }
 
@@ -476,7 +530,7 @@ mod tests {
             (br#"{"Producer":"car","command":"control","control":"0x9060210"}"#, "invalid_control", Some("car")),
         ] {
             let rejection = parse(payload, 4096).expect_err("rejected");
-            assert_eq!(rejection.code, code, "{}", String::from_utf8_lossy(payload));
+            assert_eq!(rejection.code.as_str(), code, "{}", String::from_utf8_lossy(payload));
             assert_eq!(rejection.producer.as_deref(), producer, "{}", String::from_utf8_lossy(payload));
         }
     }
@@ -496,32 +550,32 @@ mod tests {
 
     #[test]
     fn schedule_and_mode_edits_are_validated_like_stored_documents() {
-        let document = crate::schedule::model::tests::schedule_document("morning", "0730");
+        let document = crate::protocol::schedule::tests::schedule_document("morning", "0730");
         let add = json!({"Producer": "android", "command": "schedule_add", "schedule": document});
         assert!(matches!(parse_text(&add.to_string()).unwrap().request, Request::ScheduleAdd(_)));
         let mut bad = document.clone();
         bad.insert("startTime".into(), json!("7:30"));
         let rejected =
             rejection(&json!({"Producer": "android", "command": "schedule_update", "schedule": bad}).to_string());
-        assert_eq!(rejected.code, "invalid_schedule");
+        assert_eq!(rejected.code, Code::InvalidSchedule);
         assert!(rejected.message.contains("startTime"), "{}", rejected.message);
-        assert_eq!(rejection(r#"{"Producer":"android","command":"schedule_add","schedule":"x"}"#).code, "bad_field");
-        assert_eq!(rejection(r#"{"Producer":"android","command":"schedule_delete"}"#).code, "missing_field");
-        assert_eq!(rejection(r#"{"Producer":"android","command":"mode_delete","modeNum":0}"#).code, "bad_field");
+        assert_eq!(rejection(r#"{"Producer":"android","command":"schedule_add","schedule":"x"}"#).code, Code::BadField);
+        assert_eq!(rejection(r#"{"Producer":"android","command":"schedule_delete"}"#).code, Code::MissingField);
+        assert_eq!(rejection(r#"{"Producer":"android","command":"mode_delete","modeNum":0}"#).code, Code::BadField);
         assert_eq!(
             parse_text(r#"{"Producer":"car","command":"mode_delete","modeNum":3}"#).unwrap().request,
             Request::ModeDelete { number: 3 }
         );
         assert_eq!(
             rejection(r#"{"Producer":"android","command":"mode_add","mode":{"modeName":"x"}}"#).code,
-            "invalid_mode"
+            Code::InvalidMode
         );
     }
 
     #[test]
     fn oversize_payloads_are_refused_before_parsing() {
         let big = format!(r#"{{"Producer":"android","command":"signup","UID":"u","name":"{}"}}"#, "x".repeat(5000));
-        assert_eq!(rejection(&big).code, "payload_too_large");
+        assert_eq!(rejection(&big).code, Code::PayloadTooLarge);
     }
 
     #[test]
@@ -534,6 +588,6 @@ mod tests {
         assert_eq!(reply["code"], "invalid_control");
         assert_eq!(reply["request"], "control");
         assert!(reply["message"].as_str().unwrap().contains("position 1"));
-        assert_eq!(Rejection::new("not_json", "x").topic(), "data/error/warning");
+        assert_eq!(Rejection::new(Code::NotJson, "x").topic(), "data/error/warning");
     }
 }

@@ -12,6 +12,7 @@
 use serde_json::{Value, json};
 
 use super::appliance::{Control, ParseError, State, Switch};
+use super::role::Role;
 use super::topics::{CURRENT_STATE_TOPIC, HOMETEMP_TOPIC, OPENWEATHER_TOPIC, RECOMMENDATION_TOPIC};
 
 /// Home Assistant's own default discovery prefix.
@@ -23,9 +24,6 @@ pub const COMMAND_PREFIX: &str = "smarthomed/ha/";
 const NODE: &str = "smarthomed";
 /// Light modes by their digit (position 6 of the protocol).
 pub const LIGHT_EFFECTS: [&str; 4] = ["normal", "mood", "sleep", "party"];
-/// The children whose availability is shown as connectivity sensors.
-const CHILDREN: [&str; 3] = ["broker", "processor", "syncer"];
-
 /// Home Assistant announces itself here (`online`) when it starts: discovery is sent again.
 pub fn status_topic(prefix: &str) -> String {
     format!("{prefix}/status")
@@ -130,7 +128,7 @@ pub fn discovery(prefix: &str) -> Vec<(String, Value)> {
     let sensors = [
         (
             "home_temperature",
-            "syncer",
+            Role::Syncer.name(),
             sensor(
                 "Home temperature",
                 HOMETEMP_TOPIC,
@@ -140,7 +138,7 @@ pub fn discovery(prefix: &str) -> Vec<(String, Value)> {
         ),
         (
             "home_humidity",
-            "syncer",
+            Role::Syncer.name(),
             sensor(
                 "Home humidity",
                 HOMETEMP_TOPIC,
@@ -150,7 +148,7 @@ pub fn discovery(prefix: &str) -> Vec<(String, Value)> {
         ),
         (
             "outdoor_temperature",
-            "syncer",
+            Role::Syncer.name(),
             sensor(
                 "Outdoor temperature",
                 OPENWEATHER_TOPIC,
@@ -158,10 +156,14 @@ pub fn discovery(prefix: &str) -> Vec<(String, Value)> {
                 json!({"device_class": "temperature", "unit_of_measurement": "°C", "state_class": "measurement"}),
             ),
         ),
-        ("weather", "syncer", sensor("Weather", OPENWEATHER_TOPIC, Some("{{ value_json.description }}"), json!({}))),
+        (
+            "weather",
+            Role::Syncer.name(),
+            sensor("Weather", OPENWEATHER_TOPIC, Some("{{ value_json.description }}"), json!({})),
+        ),
         (
             "air_level",
-            "syncer",
+            Role::Syncer.name(),
             sensor(
                 "Air quality index",
                 OPENWEATHER_TOPIC,
@@ -169,7 +171,7 @@ pub fn discovery(prefix: &str) -> Vec<(String, Value)> {
                 json!({"device_class": "aqi"}),
             ),
         ),
-        ("recommendation", "processor", sensor("Recommendation", RECOMMENDATION_TOPIC, None, json!({}))),
+        ("recommendation", Role::Processor.name(), sensor("Recommendation", RECOMMENDATION_TOPIC, None, json!({}))),
     ];
 
     let mut configs = Vec::new();
@@ -185,12 +187,13 @@ pub fn discovery(prefix: &str) -> Vec<(String, Value)> {
         configs.push((format!("{prefix}/{component}/{NODE}/{object}/config"), config));
     };
     for (component, object, config) in appliance {
-        add(component, object, config, Some("processor"));
+        add(component, object, config, Some(Role::Processor.name()));
     }
     for (object, role, config) in sensors {
         add("sensor", object, config, Some(role));
     }
-    for role in CHILDREN {
+    // Every child's availability is shown as a connectivity sensor.
+    for role in Role::ALL.map(Role::name) {
         let config = json!({
             "name": format!("{role} running"),
             "state_topic": format!("smarthomed/{role}/availability"),

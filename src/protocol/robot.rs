@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const PREFIX: &str = "smarthomed/robot/v1/";
+/// The daemon's robot channel: a connection of its own (client id `smarthomed-robots`,
+/// persistent), so that e-stops never wait behind other work.
+pub const DAEMON_LINK: &str = "robots";
 /// Requests to stop every robot.
 pub const ALL_ESTOP_REQUEST_TOPIC: &str = "smarthomed/robot/v1/all/estop/request";
 /// What the daemon reads from robots and apps. `+/estop/request` takes the `all`

@@ -5,7 +5,7 @@
 
 use crate::protocol::appliance::{Control, State, Switch};
 
-use super::model::ApplianceSettings;
+use crate::protocol::schedule::ApplianceSettings;
 
 /// The control that sets every field as `settings` says, under mode digit `mode`.
 pub fn full_control(mode: u8, settings: &ApplianceSettings) -> Control {

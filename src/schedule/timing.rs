@@ -14,7 +14,7 @@
 use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use super::model::Schedule;
+use crate::protocol::schedule::Schedule;
 
 /// One run of one schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -128,7 +128,7 @@ pub fn plan(occurrence: &Occurrence, now: DateTime<Utc>, grace: Duration) -> Pla
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::model::tests::schedule_document;
+    use crate::protocol::schedule::tests::schedule_document;
     use chrono::NaiveTime;
     use serde_json::json;
 

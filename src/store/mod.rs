@@ -23,6 +23,8 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::protocol::names;
+
 pub type Document = Map<String, Value>;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +42,8 @@ pub enum StoreError {
     Lost { path: std::path::PathBuf },
     #[error("the store file {path} has format {found:?}; this smarthomed reads format {supported}")]
     Format { path: std::path::PathBuf, found: String, supported: u32 },
-    #[error("invalid {what} {value:?}: {reason}")]
-    InvalidName { what: &'static str, value: String, reason: &'static str },
+    #[error(transparent)]
+    InvalidName(names::NameError),
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
     #[error("service-account key {path}: {reason}")]
@@ -119,39 +121,8 @@ pub trait RealtimeTree: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// Collection and document ids follow Firestore's rules, so that data moves between
-/// the backends unchanged.
+/// Collection and document ids follow Firestore's rules ([`names`]), so that data moves
+/// between the backends unchanged.
 pub fn check_name(what: &'static str, value: &str) -> Result<(), StoreError> {
-    let reason = if value.is_empty() {
-        Some("must not be empty")
-    } else if value.contains('/') {
-        Some("must not contain '/'")
-    } else if value == "." || value == ".." {
-        Some("must not be . or ..")
-    } else if value.len() > 1500 {
-        Some("must be at most 1500 bytes")
-    } else if value.starts_with("__") && value.ends_with("__") {
-        Some("must not have the reserved form __name__")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(StoreError::InvalidName { what, value: value.chars().take(80).collect(), reason }),
-        None => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_follow_firestore_rules() {
-        check_name("id", "eAMHGLmiBGO76PIQ54O9CpsqTb23").unwrap();
-        check_name("id", "아침 모드").unwrap();
-        for bad in ["", "a/b", ".", "..", "__id__"] {
-            assert!(check_name("id", bad).is_err(), "{bad:?}");
-        }
-        assert!(check_name("id", &"x".repeat(1501)).is_err());
-    }
+    names::check_name(what, value).map_err(StoreError::InvalidName)
 }

@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::StoreError;
+use crate::protocol::names::NameError;
 
 /// A validated path: its segments, without empty ones. The root is `[]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,18 +18,18 @@ impl TreePath {
         let segments: Vec<String> = path.split('/').filter(|segment| !segment.is_empty()).map(str::to_owned).collect();
         for segment in &segments {
             if segment.chars().any(|c| matches!(c, '.' | '$' | '#' | '[' | ']') || c.is_control()) {
-                return Err(StoreError::InvalidName {
+                return Err(StoreError::InvalidName(NameError {
                     what: "tree path",
                     value: path.chars().take(200).collect(),
                     reason: "segments must not contain . $ # [ ] or control characters",
-                });
+                }));
             }
             if segment.len() > 768 {
-                return Err(StoreError::InvalidName {
+                return Err(StoreError::InvalidName(NameError {
                     what: "tree path",
                     value: path.chars().take(200).collect(),
                     reason: "segments must be at most 768 bytes",
-                });
+                }));
             }
         }
         Ok(Self(segments))

@@ -33,40 +33,18 @@ use crate::alert::Alerter;
 use crate::child_context::INTERNAL_PASSWORD_ENV;
 use crate::config::{SECRET_SOURCES, Secret};
 use crate::control::{self, ControlMessage};
+use crate::protocol::role::Role;
 use crate::telemetry::Children;
 
 /// How long to wait for a dead child's last output to arrive through its pipes.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Broker,
-    Processor,
-    Syncer,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Broker => "broker",
-            Role::Processor => "processor",
-            Role::Syncer => "syncer",
-        }
-    }
-
-    /// Whether this role reads the secret `name` (of [`SECRET_SOURCES`]).
-    fn uses_secret(self, name: &str) -> bool {
-        match self {
-            Role::Broker => false,
-            Role::Processor => name == "mqtt_password",
-            Role::Syncer => matches!(name, "mqtt_password" | "weather_api_key"),
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// Whether `role` reads the secret `name` (of [`SECRET_SOURCES`]).
+fn uses_secret(role: Role, name: &str) -> bool {
+    match role {
+        Role::Broker => false,
+        Role::Processor => name == "mqtt_password",
+        Role::Syncer => matches!(name, "mqtt_password" | "weather_api_key"),
     }
 }
 
@@ -104,7 +82,7 @@ impl Launcher {
             command.env_remove(var);
         }
         for (name, var) in SECRET_SOURCES {
-            if !role.uses_secret(name) {
+            if !uses_secret(role, name) {
                 command.env_remove(var);
             }
         }

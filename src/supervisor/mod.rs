@@ -31,8 +31,9 @@ use tracing::{error, info, warn};
 
 use crate::alert::{self, Alert, Alerter, Coalescer};
 use crate::config::{Backend, Config, Secret};
+use crate::protocol::role::Role;
 use crate::telemetry;
-use child::{Launcher, Role, RunningChild, describe_exit};
+use child::{Launcher, RunningChild, describe_exit};
 use restart::{Decision, RestartPolicy};
 use systemd::Notifier;
 
@@ -41,6 +42,8 @@ pub const EXIT_RESTART_LIMIT: u8 = 3;
 /// Exit code when the store is lost, damaged or of another format, or a file the config
 /// names (the broker's certificate) cannot be used: restarting will not help.
 pub const EXIT_STORE: u8 = 2;
+/// What the supervisor's own alerts name as their source.
+const ALERT_SOURCE: &str = "supervisor";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -80,14 +83,23 @@ fn startup_check(config: &Config) -> Result<(), String> {
     check_named_files(config)
 }
 
-/// Reads the files the config names for TLS (the broker's certificate and key, the
-/// external broker's CA) as the children will; for the start and `check-config`.
+/// Reads the files the config names (the broker's certificate and key, the external
+/// broker's CA, Firebase's service-account key) as the children will; for the start and
+/// `check-config`.
 pub fn check_named_files(config: &Config) -> Result<(), String> {
     if config.broker.embedded {
         crate::broker::certificates::check(&config.broker)
             .map_err(|err| format!("the broker's TLS certificate cannot be used: {err}"))?;
     }
     crate::mqtt::client_options(config, "check", None).map_err(|err| err.to_string())?;
+    if config.store.backend == Backend::Firebase {
+        crate::store::service_account::check_key_file(&config.firebase.credentials).map_err(|err| {
+            format!(
+                "firebase.credentials: {err}; the Realtime Database needs a service-account key: put it there \
+                 (see keys/README.md) or set GOOGLE_APPLICATION_CREDENTIALS"
+            )
+        })?;
+    }
     Ok(())
 }
 
@@ -120,7 +132,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
     // before any child could start on it (a child would only crash-loop).
     if let Err(why) = startup_check(&config) {
         error!("{why}");
-        alerter.raise(Alert::new("supervisor", "smarthomed cannot start", why));
+        alerter.raise(Alert::new(ALERT_SOURCE, "smarthomed cannot start", why));
         alerts_stop.cancel();
         tasks.close();
         tasks.wait().await;
@@ -159,7 +171,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<ExitCod
     });
     let mut config = Arc::new(config);
     alerter.announce(Alert::new(
-        "supervisor",
+        ALERT_SOURCE,
         "smarthomed started",
         format!(
             "version {}; children: {}; broker: {}",
@@ -352,7 +364,7 @@ async fn supervise(
         let mut child = match spawned {
             Ok(child) => child,
             Err(err) => {
-                alerter.raise(Alert::new("supervisor", format!("cannot start {role}"), err.to_string()));
+                alerter.raise(Alert::new(ALERT_SOURCE, format!("cannot start {role}"), err.to_string()));
                 match policy.on_exit(Duration::ZERO, Instant::now()) {
                     Decision::RestartAfter(delay) => {
                         if sleep_or_stop(delay, &stop).await {
@@ -371,7 +383,7 @@ async fn supervise(
         if let Some(delay) = restart {
             metrics::counter!("smarthomed_supervisor_child_restarts_total", "child" => role.name()).increment(1);
             alerter.raise(Alert::new(
-                "supervisor",
+                ALERT_SOURCE,
                 format!("{role} restarted"),
                 format!(
                     "new pid {} after {} ms of backoff; {} restarts in the last {} s",
@@ -397,7 +409,7 @@ async fn supervise(
             detail.push_str("\nlast output:\n");
             detail.push_str(&last_lines.join("\n"));
         }
-        alerter.raise(Alert::new("supervisor", format!("{role} exited unexpectedly"), detail));
+        alerter.raise(Alert::new(ALERT_SOURCE, format!("{role} exited unexpectedly"), detail));
 
         match policy.on_exit(uptime, Instant::now()) {
             Decision::RestartAfter(delay) => {
@@ -409,7 +421,7 @@ async fn supervise(
             }
             Decision::LimitHit { restarts, window } => {
                 alerter.raise(Alert::new(
-                    "supervisor",
+                    ALERT_SOURCE,
                     format!("{role} hit the restart limit"),
                     format!(
                         "{restarts} restarts within {} s did not keep it up; smarthomed stops \
@@ -495,7 +507,7 @@ async fn watch(
             () = &mut recovery, if awaiting_recovery => {
                 awaiting_recovery = false;
                 launcher.alerter.announce(Alert::new(
-                    "supervisor",
+                    ALERT_SOURCE,
                     format!("{role} recovered"),
                     format!("up for {} s since its last restart", policy.healthy_after().as_secs()),
                 ));

@@ -29,6 +29,7 @@ use crate::config::Backend;
 use crate::config::Config;
 use crate::mqtt::{self, Link, MqttError};
 use crate::protocol::command::error_reply;
+use crate::protocol::role::Role;
 use crate::protocol::topics::{
     APPLIANCE_STATE_TOPIC, DATA_ERROR_TOPIC, HOMETEMP_TOPIC, OPENWEATHER_TOPIC, RECOMMENDATION_TOPIC,
 };
@@ -37,7 +38,7 @@ use crate::store::firebase_tree::{FirebaseTree, StreamReport};
 use crate::store::service_account::{DATABASE_SCOPES, ServiceAccountTokens};
 use crate::store::{RealtimeTree, StoreError, TreeEvent};
 
-pub const ROLE: &str = "syncer";
+pub const ROLE: &str = Role::Syncer.name();
 const NOTIFICATION_PATH: &str = "server/notification";
 const OPENWEATHER_PATH: &str = "sensor/openweather";
 

@@ -9,7 +9,7 @@ use common::{Daemon, connect, expect_message, subscriber};
 use rumqttc::{MqttOptions, QoS, Transport};
 
 fn password_hash(password: &str) -> String {
-    smarthomed::broker::password::hash(password).unwrap()
+    smarthomed::password::hash(password).unwrap()
 }
 
 #[tokio::test]

@@ -91,7 +91,7 @@ async fn the_car2home_policy_refuses_what_is_not_yours_and_the_daemon_goes_on() 
 
 #[tokio::test]
 async fn acl_rules_fill_in_the_user_and_come_before_the_policy() {
-    let hash = smarthomed::broker::password::hash("pw").unwrap();
+    let hash = smarthomed::password::hash("pw").unwrap();
     let broker = format!(
         "access = \"car2home\"\n\
          [[broker.users]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n\

@@ -96,7 +96,7 @@ fn hash_password_output_is_accepted_as_an_account() {
     assert!(output.status.success());
     let hash = text(&output.stdout).trim().to_string();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    assert!(smarthomed::broker::password::verify(b"esp32-password", &hash));
+    assert!(smarthomed::password::verify(b"esp32-password", &hash));
 
     let file = config_file(&format!("[[broker.users]]\nname = \"esp32\"\npassword_hash = \"{hash}\"\n"));
     let output = smarthomed(&["check-config", "-c", file.path().to_str().unwrap()]);
@@ -134,7 +134,7 @@ fn user_commands_edit_the_accounts_in_the_config_file() {
     assert!(text(&added.stdout).contains("systemctl reload smarthomed"));
     let edited = std::fs::read_to_string(path).unwrap();
     assert!(edited.starts_with("# my home\n[slack]\nchannel = \"#home\"  # where alerts go\n"), "{edited}");
-    assert!(smarthomed::broker::password::verify(b"alice-pw", &hash_of("alice").unwrap()));
+    assert!(smarthomed::password::verify(b"alice-pw", &hash_of("alice").unwrap()));
     assert!(smarthomed(&["check-config", "-c", path]).status.success());
 
     let again = smarthomed_with_input(&["user", "add", "alice", "-c", path], "other\n");
@@ -143,7 +143,7 @@ fn user_commands_edit_the_accounts_in_the_config_file() {
 
     let changed = smarthomed_with_input(&["user", "passwd", "alice", "-c", path], "new-pw\n");
     assert!(changed.status.success(), "{}", text(&changed.stderr));
-    assert!(smarthomed::broker::password::verify(b"new-pw", &hash_of("alice").unwrap()));
+    assert!(smarthomed::password::verify(b"new-pw", &hash_of("alice").unwrap()));
 
     assert!(smarthomed(&["user", "remove", "alice", "-c", path]).status.success());
     assert_eq!(hash_of("alice"), None);

@@ -320,7 +320,7 @@ async fn sighup_reloads_accounts_slack_and_the_weather_without_restarting_anythi
     let slack = SlackServer::start().await;
     let weather = WeatherServer::start().await;
     let account = |name: &str, password: &str| {
-        let hash = smarthomed::broker::password::hash(password).unwrap();
+        let hash = smarthomed::password::hash(password).unwrap();
         format!("[[broker.users]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\n")
     };
     let extra = format!("{}{FAST_SUPERVISOR}{}", slack.config(), account("alice", "alice-pw"));

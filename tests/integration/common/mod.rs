@@ -430,12 +430,22 @@ pub async fn expect_messages(
 
 /// The resident memory of a process, in KiB (0 when it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// A process's proportional share of memory, in KiB (0 when it is gone): pages shared
+/// with other processes (the one binary's code, in all four) count in part, so the
+/// daemon's processes add up to what the machine spends on them.
+pub fn pss_kib(pid: u32) -> u64 {
+    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+fn proc_kib(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(field))
                 .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)

@@ -6,7 +6,8 @@
 use chrono::{NaiveDate, NaiveTime};
 use serde_json::{Map, Value, json};
 
-use crate::store::Document;
+/// A stored document: a JSON object.
+type Document = Map<String, Value>;
 
 pub const SCHEDULES: &str = "schedule_mode";
 pub const MODES: &str = "modes";
