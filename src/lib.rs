@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod log_limit;
 pub mod mqtt;
+pub mod outage;
 pub mod panic_exit;
 pub mod password;
 pub mod processor;

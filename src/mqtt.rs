@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::alert::{Alert, Alerter};
 use crate::backoff::Backoff;
 use crate::config::{Config, INTERNAL_MQTT_USER, Secret};
+use crate::outage::OutageState;
 
 /// Room for requests (publishes, acknowledgements) queued by handlers.
 const CLIENT_QUEUE: usize = 256;
@@ -133,7 +134,8 @@ pub struct Link {
     eventloop: EventLoop,
     subscriptions: Vec<(String, QoS)>,
     reconnect: Backoff,
-    lost_alert_after: Duration,
+    /// Being cut off from the broker: alerted once it lasts `mqtt.lost_alert_after_secs`.
+    lost: OutageState,
     drain_grace: Duration,
     alerter: Alerter,
     /// Counts the connections made (CONNACKs), for consumers that must act on each.
@@ -171,7 +173,7 @@ impl Link {
                 Duration::from_millis(config.mqtt.reconnect_initial_ms),
                 Duration::from_millis(config.mqtt.reconnect_max_ms),
             ),
-            lost_alert_after: Duration::from_secs(config.mqtt.lost_alert_after_secs),
+            lost: OutageState::after(Duration::from_secs(config.mqtt.lost_alert_after_secs)),
             drain_grace: DEFAULT_DRAIN_GRACE,
             alerter,
             connects: tokio::sync::watch::channel(0).0,
@@ -290,19 +292,19 @@ impl Link {
 
     fn on_connected(&mut self, state: &mut LinkState) {
         self.reconnect.reset();
-        if let Some(lost_at) = state.lost_since.take() {
-            info!(role = self.role, after = ?lost_at.elapsed(), "reconnected to the MQTT broker");
-            if state.alerted_loss {
-                self.alerter.announce(Alert::new(
-                    self.role,
-                    "reconnected to the MQTT broker",
-                    format!("after {} s", lost_at.elapsed().as_secs()),
-                ));
+        match self.lost.recovered(Instant::now()) {
+            Some(ended) => {
+                info!(role = self.role, after = ?ended.lasted, "reconnected to the MQTT broker");
+                if ended.was_told {
+                    self.alerter.announce(Alert::new(
+                        self.role,
+                        "reconnected to the MQTT broker",
+                        format!("after {} s", ended.lasted.as_secs()),
+                    ));
+                }
             }
-        } else {
-            info!(role = self.role, "connected to the MQTT broker");
+            None => info!(role = self.role, "connected to the MQTT broker"),
         }
-        state.alerted_loss = false;
         state.connected_since = Some(Instant::now());
         state.to_subscribe = !self.subscriptions.is_empty();
         // "online" means subscribed: the embedded broker lets the public in once the
@@ -333,20 +335,16 @@ impl Link {
     }
 
     fn on_error(&mut self, state: &mut LinkState, err: &ConnectionError) -> Duration {
-        let now = Instant::now();
-        if state.connected_since.take().is_some() || state.lost_since.is_none() {
+        if state.connected_since.take().is_some() || !self.lost.is_on() {
             warn!(role = self.role, "MQTT connection lost or refused: {err}; retrying with backoff");
-            state.lost_since = Some(now);
         } else {
             debug!(role = self.role, "MQTT reconnect failed: {err}");
         }
-        let lost_for = state.lost_since.map_or(Duration::ZERO, |since| now - since);
-        if !state.alerted_loss && lost_for >= self.lost_alert_after {
-            state.alerted_loss = true;
+        if let Some(began) = self.lost.failed(err, Instant::now()) {
             self.alerter.raise(Alert::new(
                 self.role,
                 "cannot reach the MQTT broker",
-                format!("for {} s; last error: {err}", lost_for.as_secs()),
+                format!("for {} s; last error: {err}", began.lasted.as_secs()),
             ));
         }
         self.reconnect.next_delay()
@@ -385,8 +383,6 @@ impl Link {
 #[derive(Default)]
 struct LinkState {
     connected_since: Option<Instant>,
-    lost_since: Option<Instant>,
-    alerted_loss: bool,
     /// Subscriptions and the "online" message still to queue after a connect; queued
     /// without waiting (the loop must keep polling), retried until there is room.
     to_subscribe: bool,

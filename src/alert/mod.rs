@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::outage::OutageState;
+
 pub use coalesce::Coalescer;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,34 +118,30 @@ impl AlertQueue {
     }
 }
 
-/// One outage of something the daemon depends on (a store, a service, a connection):
-/// alerted once when it begins and once when it is over, however many failures and
-/// retries come between.
+/// Alerts for the outages of something the daemon depends on (a store, a service, a
+/// connection): once when one begins and once when it is over ([`OutageState`]).
 pub struct Outage {
     alerter: Alerter,
     source: &'static str,
-    /// What went wrong first, while the outage lasts.
-    since: Option<String>,
+    state: OutageState,
 }
 
 impl Outage {
     pub fn new(alerter: Alerter, source: &'static str) -> Self {
-        Self { alerter, source, since: None }
+        Self { alerter, source, state: OutageState::new() }
     }
 
     /// A failure: the first of an outage raises `title` with the error.
     pub fn failed(&mut self, title: &str, error: &dyn std::fmt::Display) {
-        if self.since.is_none() {
-            let error = error.to_string();
-            self.alerter.raise(Alert::new(self.source, title, error.clone()));
-            self.since = Some(error);
+        if let Some(began) = self.state.failed(error, std::time::Instant::now()) {
+            self.alerter.raise(Alert::new(self.source, title, began.first_error));
         }
     }
 
     /// A success: ends an outage, announcing `title` with what had gone wrong.
     pub fn recovered(&mut self, title: &str) {
-        if let Some(problem) = self.since.take() {
-            self.alerter.announce(Alert::new(self.source, title, format!("after: {problem}")));
+        if let Some(ended) = self.state.recovered(std::time::Instant::now()) {
+            self.alerter.announce(Alert::new(self.source, title, format!("after: {}", ended.first_error)));
         }
     }
 }

@@ -22,7 +22,7 @@ use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::{Builder, Listener};
 use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
-use rmqtt::types::{AuthResult, ConnectInfo, From, Id, Publish, PublishAclResult, SubscribeAclResult};
+use rmqtt::types::{AuthResult, ConnectInfo, From, Id, Publish, PublishAclResult, Reason, SubscribeAclResult};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -130,6 +130,7 @@ impl Engine {
         register.add(Type::MessagePublishCheckAcl, gatekeeper()).await;
         register.add(Type::ClientSubscribeCheckAcl, gatekeeper()).await;
         register.add(Type::MessageExpiryCheck, Box::new(ClientPacketLimit)).await;
+        register.add(Type::ClientDisconnected, Box::new(QueueKeeper { scx: scx.clone() })).await;
         register
             .add(
                 Type::MessagePublish,
@@ -323,6 +324,51 @@ impl Handler for ClientPacketLimit {
             }
         }
         (true, acc)
+    }
+}
+
+/// Stores what is queued for a persistent client when it leaves. rmqtt's session
+/// storage keeps the messages in flight to it and those that arrive while it is away,
+/// but not those already waiting behind its in-flight window: a restart of the broker
+/// lost them (measured: 300 of 500 commands queued for the processor at a SIGTERM).
+/// They go the way of a message that arrives while it is away, and stay queued.
+struct QueueKeeper {
+    scx: ServerContext,
+}
+
+#[async_trait::async_trait]
+impl Handler for QueueKeeper {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        // A session taken over goes on in the new connection, which has its queue.
+        if let Parameter::ClientDisconnected(session, reason) = param
+            && !matches!(reason, Reason::ConnectKicked(_))
+            && let Ok(connect) = session.connect_info().await
+            && persistent(&connect)
+        {
+            let queue = session.deliver_queue();
+            let waiting: Vec<_> = std::iter::from_fn(|| queue.pop()).collect();
+            if !waiting.is_empty() {
+                let hook = self.scx.extends.hook_mgr().hook((*session).clone());
+                for (from, publish) in &waiting {
+                    hook.offline_message(from.clone(), publish).await;
+                }
+                debug!(client_id = %session.id.client_id, queued = waiting.len(), "queued messages stored with the session");
+            }
+            for item in waiting {
+                // The queue had room for these a moment ago.
+                let _ = queue.push(item);
+            }
+        }
+        (true, acc)
+    }
+}
+
+/// Whether the session outlives the connection (3.1.1 clean session off; MQTT 5 with a
+/// session expiry).
+fn persistent(connect: &ConnectInfo) -> bool {
+    match connect {
+        ConnectInfo::V3(_, connect) => !connect.clean_session,
+        ConnectInfo::V5(_, connect) => connect.session_expiry_interval_secs > 0,
     }
 }
 

@@ -98,22 +98,19 @@ impl FrontDoor {
                 peer,
                 listener: name,
                 open_to_public: self.open_to_public.clone(),
+                stop: shutdown.clone(),
             };
             let counters = self.counters.clone();
-            let shutdown = shutdown.clone();
             metrics::counter!("smarthomed_broker_connections_total", "listener" => name).increment(1);
             let open = metrics::gauge!("smarthomed_broker_connections", "listener" => name);
             open.increment(1.0);
             tracker.spawn(async move {
                 let _counted = OpenConnection(open);
                 let slot = Slot { _permit: permit };
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    result = accept(stream, admission, tls, route, sniff_timeout, counters, slot) => {
-                        if let Err(err) = result {
-                            debug!(listener = name, %peer, "connection ended: {err}");
-                        }
-                    }
+                // A stop ends the connection from within: an admitted client's is
+                // closed so that the engine finishes its writes (see `splice`).
+                if let Err(err) = accept(stream, admission, tls, route, sniff_timeout, counters, slot).await {
+                    debug!(listener = name, %peer, "connection ended: {err}");
                 }
             });
         }
@@ -163,10 +160,11 @@ async fn accept(
     let Some(acceptor) = tls else {
         return splice(client, admission, route, sniff_timeout, counters, slot).await;
     };
-    let client = tokio::time::timeout(sniff_timeout, acceptor.accept(client))
-        .await
-        .map_err(|_| SpliceError::HandshakeTimeout)?
-        .map_err(SpliceError::Handshake)?;
+    let Some(handshake) = admission.unless_stopping(tokio::time::timeout(sniff_timeout, acceptor.accept(client))).await
+    else {
+        return Ok(());
+    };
+    let client = handshake.map_err(|_| SpliceError::HandshakeTimeout)?.map_err(SpliceError::Handshake)?;
     splice(client, admission, route, sniff_timeout, counters, slot).await
 }
 
@@ -177,9 +175,19 @@ struct Admission {
     peer: SocketAddr,
     listener: &'static str,
     open_to_public: CancellationToken,
+    /// Cancelled when the broker stops.
+    stop: CancellationToken,
 }
 
 impl Admission {
+    /// `work`, or None once the broker stops.
+    async fn unless_stopping<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            () = self.stop.cancelled() => None,
+            done = work => Some(done),
+        }
+    }
+
     /// The CONNECT to forward, or why the client is refused. The daemon's client ids
     /// (`smarthomed-...`) are for its own processes, which must log in as such; a
     /// checked password is replaced by the gate's token.
@@ -216,25 +224,35 @@ where
     let (backend_addr, prefix) = match route {
         Route::WebSocket(addr) => {
             // The WebSocket upgrade request must come within the connect timeout too.
-            let head = tokio::time::timeout(sniff_timeout, read_http_head(&mut client))
-                .await
-                .map_err(|_| SpliceError::Timeout)??;
+            let Some(head) =
+                admission.unless_stopping(tokio::time::timeout(sniff_timeout, read_http_head(&mut client))).await
+            else {
+                return Ok(());
+            };
+            let head = head.map_err(|_| SpliceError::Timeout)??;
             // The daemon's processes never use WebSocket.
-            admission.open_to_public.cancelled().await;
+            if admission.unless_stopping(admission.open_to_public.cancelled()).await.is_none() {
+                return Ok(());
+            }
             (addr, head)
         }
         Route::Mqtt(addr) => {
-            let packet = tokio::time::timeout(sniff_timeout, read_connect(&mut client))
-                .await
-                .map_err(|_| SpliceError::Timeout)??;
+            let Some(packet) =
+                admission.unless_stopping(tokio::time::timeout(sniff_timeout, read_connect(&mut client))).await
+            else {
+                return Ok(());
+            };
+            let packet = packet.map_err(|_| SpliceError::Timeout)??;
             let connect = connect::parse(&packet)?;
             let (level, client_id, user) = (connect.level, connect.client_id.clone(), connect.username.clone());
             let peer = admission.peer;
             match admission.admit(connect).await {
                 Ok(connect) => {
                     info!(listener, %peer, client_id, user, protocol_level = level, "MQTT client connecting");
-                    if !client_id.starts_with(RESERVED_CLIENT_PREFIX) {
-                        admission.open_to_public.cancelled().await;
+                    if !client_id.starts_with(RESERVED_CLIENT_PREFIX)
+                        && admission.unless_stopping(admission.open_to_public.cancelled()).await.is_none()
+                    {
+                        return Ok(());
                     }
                     (addr, connect.encode())
                 }
@@ -268,9 +286,10 @@ where
     let requests = async {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let read = match client_in.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => read,
+            // A stop ends the client's input here, as if it had gone.
+            let read = match admission.unless_stopping(client_in.read(&mut buf)).await {
+                None | Some(Ok(0) | Err(_)) => break,
+                Some(Ok(read)) => read,
             };
             // Nothing after a DISCONNECT goes on, and the connection ends with it.
             let disconnect_end = received.saw(&buf[..read]);

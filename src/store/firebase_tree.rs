@@ -13,7 +13,7 @@
 //! (an `auth_revoked` is routine and not reported).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
@@ -26,6 +26,7 @@ use super::service_account::AccessTokens;
 use super::tree::{self, TreePath};
 use super::{RealtimeTree, StoreError, TreeEvent};
 use crate::backoff::Backoff;
+use crate::outage::OutageState;
 
 /// The database sends `keep-alive` every 30 s; twice that in silence means a dead stream.
 const STREAM_SILENCE: Duration = Duration::from_secs(60);
@@ -144,12 +145,10 @@ impl<A: AccessTokens> FirebaseTree<A> {
     async fn stream_once(
         &self,
         path: &TreePath,
-        local: &mut Value,
-        last_sent: &mut Option<Option<Value>>,
+        listening: &mut Listening,
         events: &mpsc::Sender<TreeEvent>,
-        connected: &mut bool,
-        outage: &mut Option<String>,
     ) -> Result<StreamEnd, StoreError> {
+        let local = &mut listening.local;
         let mut request = self.http.get(self.url(path)).header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(token) = self.tokens.token().await? {
             request = request.bearer_auth(token);
@@ -206,14 +205,14 @@ impl<A: AccessTokens> FirebaseTree<A> {
                             tree::set(local, &at.join(key)?, child.clone());
                         }
                     }
-                    *connected = true;
-                    if let Some(after) = outage.take() {
+                    listening.connected = true;
+                    if let Some(ended) = listening.outage.recovered(Instant::now()) {
                         info!(%path, "the stream is back");
-                        (self.reporter)(StreamReport::Back { path: path.to_string(), after });
+                        (self.reporter)(StreamReport::Back { path: path.to_string(), after: ended.first_error });
                     }
                     let now = tree::get(local, &TreePath::parse("")?).cloned();
-                    if last_sent.as_ref() != Some(&now) {
-                        *last_sent = Some(now.clone());
+                    if listening.last_sent.as_ref() != Some(&now) {
+                        listening.last_sent = Some(now.clone());
                         if events.send(TreeEvent { value: now }).await.is_err() {
                             return Ok(StreamEnd::ListenerGone);
                         }
@@ -229,6 +228,18 @@ impl<A: AccessTokens> FirebaseTree<A> {
             }
         }
     }
+}
+
+/// What one listener keeps across its streaming connections.
+struct Listening {
+    /// The tree under the path as this stream's events built it (each stream starts empty).
+    local: Value,
+    /// The last value handed to the listener: an unchanged one is not sent again.
+    last_sent: Option<Option<Value>>,
+    /// Whether this stream delivered an event (the reconnect backoff then starts over).
+    connected: bool,
+    /// Reported once when the stream is lost and once when it is back.
+    outage: OutageState,
 }
 
 enum StreamEnd {
@@ -272,17 +283,17 @@ impl<A: AccessTokens> RealtimeTree for FirebaseTree<A> {
     ) -> Result<(), StoreError> {
         let path = TreePath::parse(path)?;
         let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
-        let mut last_sent: Option<Option<Value>> = None;
-        let mut outage: Option<String> = None;
+        let mut listening =
+            Listening { local: Value::Null, last_sent: None, connected: false, outage: OutageState::new() };
         loop {
-            let mut local = Value::Null;
-            let mut connected = false;
+            listening.local = Value::Null;
+            listening.connected = false;
             let ended = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 () = events.closed() => return Ok(()),
-                ended = self.stream_once(&path, &mut local, &mut last_sent, &events, &mut connected, &mut outage) => ended,
+                ended = self.stream_once(&path, &mut listening, &events) => ended,
             };
-            if connected {
+            if listening.connected {
                 backoff.reset();
             }
             let (wait, trouble) = match ended {
@@ -306,10 +317,9 @@ impl<A: AccessTokens> RealtimeTree for FirebaseTree<A> {
                 }
             };
             if let Some(reason) = trouble
-                && outage.is_none()
+                && let Some(began) = listening.outage.failed(&reason, Instant::now())
             {
-                (self.reporter)(StreamReport::Lost { path: path.to_string(), reason: reason.clone() });
-                outage = Some(reason);
+                (self.reporter)(StreamReport::Lost { path: path.to_string(), reason: began.first_error });
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

@@ -395,7 +395,8 @@ async fn supervise(
             ));
         }
 
-        let watched = watch(&mut child, &config, &policy, restart.is_some(), &launcher, &reports, &stop).await;
+        let watching = Watching { config: &config, launcher: &launcher, reports: &reports, stop: &stop };
+        let watched = watch(&mut child, &policy, restart.is_some(), watching).await;
         launcher.children.stopped(role.name());
         let Some(exit) = watched else {
             let _ = reports.send(Report::Down(role)).await;
@@ -437,15 +438,20 @@ async fn supervise(
     }
 }
 
+/// What watching one child needs besides the child: shared by all its runs.
+struct Watching<'a> {
+    config: &'a Config,
+    launcher: &'a Launcher,
+    reports: &'a mpsc::Sender<Report>,
+    stop: &'a CancellationToken,
+}
+
 /// Waits for the child to exit (returns why) or for `stop` (stops it, returns None).
 async fn watch(
     child: &mut RunningChild,
-    config: &Config,
     policy: &RestartPolicy,
     restarted: bool,
-    launcher: &Launcher,
-    reports: &mpsc::Sender<Report>,
-    stop: &CancellationToken,
+    Watching { config, launcher, reports, stop }: Watching<'_>,
 ) -> Option<String> {
     let role = child.role;
     let stop_timeout = config.supervisor.stop_timeout();

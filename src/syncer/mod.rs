@@ -3,12 +3,15 @@
 //! to the processor over MQTT.
 //!
 //! - Tree to MQTT: `smarthome/status` (the appliance's state, written there by the
-//!   ESP32) goes to `data/smarthome`; `sensor/hometemp` and `sensor/openweather` go to
-//!   `smarthomed/sensor/...`; all retained, so a restarted processor has them at once.
+//!   ESP32) goes to `data/smarthome`; `sensor/hometemp` goes to
+//!   `smarthomed/sensor/hometemp`; all retained, so a restarted processor has them at once.
 //! - MQTT to tree: the processor's recommendation (`smarthomed/recommendation`) is
-//!   written to `server/notification`, only when it differs from what is there.
-//! - Weather: fetched every `weather.interval_secs` into `sensor/openweather`
-//!   ([`weather`]); failures back off and alert once per outage.
+//!   written to `server/notification`. The processor publishes only changes; one that
+//!   repeats what this syncer last wrote (the retained message after a reconnect) is
+//!   not written again.
+//! - Weather: fetched every `weather.interval_secs` ([`weather`]), published on
+//!   `smarthomed/sensor/openweather` (retained) and written to `sensor/openweather`;
+//!   failures back off and alert once per outage.
 
 pub mod weather;
 
@@ -96,24 +99,23 @@ pub async fn run_with_tree<T: RealtimeTree>(
     let client = link.client();
 
     let tasks = TaskTracker::new();
-    for (path, topic) in [
-        ("smarthome/status", APPLIANCE_STATE_TOPIC),
-        ("sensor/hometemp", HOMETEMP_TOPIC),
-        (OPENWEATHER_PATH, OPENWEATHER_TOPIC),
-    ] {
+    // The weather is published as it is fetched, not read back from the tree.
+    for (path, topic) in [("smarthome/status", APPLIANCE_STATE_TOPIC), ("sensor/hometemp", HOMETEMP_TOPIC)] {
         tasks.spawn(mirror(tree.clone(), path, topic, client.clone(), context.alerter.clone(), shutdown.clone()));
     }
     {
-        let (tree, alerter) = (tree.clone(), context.alerter.clone());
+        let (tree, bus, alerter) = (tree.clone(), client.clone(), context.alerter.clone());
         let weather_settings = |config: &Config| config.weather.clone();
         tasks.spawn(rerun_on_reload("the weather", context.reloads.clone(), weather_settings, shutdown.clone(), {
-            move |config, stop| weather(config, tree.clone(), alerter.clone(), stop)
+            move |config, stop| weather(config, tree.clone(), bus.clone(), alerter.clone(), stop)
         }));
     }
     tasks.close();
 
     let (incoming, mut queue) = mpsc::channel::<rumqttc::Publish>(16);
     let notifications = async {
+        // What this syncer last wrote to the notification.
+        let mut written: Option<String> = None;
         loop {
             let publish = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -124,7 +126,12 @@ pub async fn run_with_tree<T: RealtimeTree>(
             };
             if publish.topic == RECOMMENDATION_TOPIC {
                 let text = String::from_utf8_lossy(&publish.payload).into_owned();
-                write_notification(&tree, &text, &context.alerter).await;
+                if !text.is_empty()
+                    && written.as_ref() != Some(&text)
+                    && write_notification(&tree, &text, &context.alerter).await
+                {
+                    written = Some(text);
+                }
             }
         }
         drop(queue);
@@ -134,24 +141,17 @@ pub async fn run_with_tree<T: RealtimeTree>(
     Ok(())
 }
 
-/// Writes the recommendation to `server/notification` when it differs.
-async fn write_notification<T: RealtimeTree>(tree: &T, text: &str, alerter: &Alerter) {
-    if text.is_empty() {
-        return;
-    }
-    let result = async {
-        if tree.get(NOTIFICATION_PATH).await?.as_ref().and_then(Value::as_str) == Some(text) {
-            return Ok(false);
+/// Writes the recommendation to `server/notification`; whether it was written.
+async fn write_notification<T: RealtimeTree>(tree: &T, text: &str, alerter: &Alerter) -> bool {
+    match tree.set(NOTIFICATION_PATH, Value::String(text.to_owned())).await {
+        Ok(()) => {
+            info!(notification = text, "notification written");
+            true
         }
-        tree.set(NOTIFICATION_PATH, Value::String(text.to_owned())).await.map(|()| true)
-    }
-    .await;
-    match result {
-        Ok(true) => info!(notification = text, "notification written"),
-        Ok(false) => {}
         Err(err) => {
             warn!("cannot write the notification: {err}");
             alerter.raise(Alert::new(ROLE, "cannot write the notification", err.to_string()));
+            false
         }
     }
 }
@@ -198,13 +198,19 @@ async fn mirror<T: RealtimeTree>(
 }
 
 /// Keeps the weather up to date as `config` says, until `stop`.
-async fn weather<T: RealtimeTree>(config: Arc<Config>, tree: T, alerter: Alerter, stop: CancellationToken) {
+async fn weather<T: RealtimeTree>(
+    config: Arc<Config>,
+    tree: T,
+    bus: AsyncClient,
+    alerter: Alerter,
+    stop: CancellationToken,
+) {
     if config.weather.api_key.is_empty() {
         info!("no weather.api_key: the weather is off");
         return stop.cancelled().await;
     }
     match weather::Client::new(&config.weather) {
-        Ok(client) => keep_weather(client, tree, config, alerter, stop).await,
+        Ok(client) => keep_weather(client, Weather { tree, bus, alerter }, config, stop).await,
         Err(err) => {
             alerter.raise(Alert::new(ROLE, "the weather cannot be fetched", err.to_string()));
             stop.cancelled().await;
@@ -212,13 +218,20 @@ async fn weather<T: RealtimeTree>(config: Arc<Config>, tree: T, alerter: Alerter
     }
 }
 
-/// Fetches the weather into the tree every interval; after a failure, retries with
+/// Where the weather goes: to MQTT (retained), for the processor and the apps, and to
+/// the tree, where the old apps read it.
+struct Weather<T> {
+    tree: T,
+    bus: AsyncClient,
+    alerter: Alerter,
+}
+
+/// Fetches the weather every interval and hands it on; after a failure, retries with
 /// backoff and alerts once per outage, and once more when it is over.
 async fn keep_weather<T: RealtimeTree>(
     client: weather::Client,
-    tree: T,
+    Weather { tree, bus, alerter }: Weather<T>,
     config: Arc<Config>,
-    alerter: Alerter,
     shutdown: CancellationToken,
 ) {
     let interval = Duration::from_secs(config.weather.interval_secs);
@@ -228,11 +241,14 @@ async fn keep_weather<T: RealtimeTree>(
         let wait = match client.fetch().await {
             Ok((current, air_level)) => {
                 let value = weather::tree_value(&current, air_level, chrono::Local::now().naive_local());
+                info!(icon = current.icon, air_level, "weather updated");
+                metrics::counter!("smarthomed_syncer_weather_updates_total", "outcome" => "ok").increment(1);
+                outage.recovered("the weather is back");
+                if let Err(err) = bus.publish(OPENWEATHER_TOPIC, QoS::AtLeastOnce, true, value.to_string()).await {
+                    warn!("cannot publish the weather: {err}");
+                }
                 match tree.set(OPENWEATHER_PATH, value).await {
                     Ok(()) => {
-                        info!(icon = current.icon, air_level, "weather updated");
-                        metrics::counter!("smarthomed_syncer_weather_updates_total", "outcome" => "ok").increment(1);
-                        outage.recovered("the weather is back");
                         retry.reset();
                         interval
                     }
