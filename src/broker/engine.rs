@@ -7,7 +7,10 @@
 //! our own store ([`super::retained`]), both under `<store.dir>/broker/`, so they
 //! outlive a restart. The settings whose rmqtt defaults
 //! lose data or hold memory without bound are set here from `[broker]` (README, "The
-//! broker engine"). Logins and topic access are decided by [`Gatekeeper`], a hook.
+//! broker engine"). Logins and topic access are decided by [`Gatekeeper`], a hook;
+//! other hooks mend what rmqtt leaves out: [`QueueKeeper`] stores what is queued for a
+//! persistent client when it leaves, [`ClientPacketLimit`] honours an MQTT 5 client's
+//! Maximum Packet Size, and [`ProcessorWatch`] tells when the processor is subscribed.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
@@ -92,14 +95,15 @@ impl SystemPublisher {
 impl Engine {
     /// Opens the storage under `data_dir` and binds the loopback listeners. Anonymous
     /// clients are let in on a backend whose public door allows them. The writer of
-    /// the retained messages must run until the engine is done with them.
+    /// the retained messages must run until the engine is done with them. With
+    /// `processor_subscribed`, it is cancelled once the daemon's processor is subscribed.
     pub async fn new(
         config: &BrokerConfig,
         data_dir: &Path,
         logins: Arc<LoginGate>,
         policy: Arc<Policy>,
         anonymous: AnonymousAt,
-        processor_subscribed: CancellationToken,
+        processor_subscribed: Option<CancellationToken>,
     ) -> Result<(Self, Writer), EngineError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|err| EngineError::Storage { dir: data_dir.to_owned(), reason: err.to_string() })?;
@@ -131,15 +135,11 @@ impl Engine {
         register.add(Type::ClientSubscribeCheckAcl, gatekeeper()).await;
         register.add(Type::MessageExpiryCheck, Box::new(ClientPacketLimit)).await;
         register.add(Type::ClientDisconnected, Box::new(QueueKeeper { scx: scx.clone() })).await;
-        register
-            .add(
-                Type::MessagePublish,
-                Box::new(ProcessorWatch {
-                    awaited: Mutex::new(AWAITED_ROLES.to_vec()),
-                    subscribed: processor_subscribed,
-                }),
-            )
-            .await;
+        // Only while it is awaited: the hook runs for every publish.
+        if let Some(subscribed) = processor_subscribed {
+            let watch = ProcessorWatch { awaited: Mutex::new(AWAITED_ROLES.to_vec()), subscribed };
+            register.add(Type::MessagePublish, Box::new(watch)).await;
+        }
         register.start().await;
 
         let mqtt = listener(config, "mqtt")?.tcp().map_err(listener_error)?;

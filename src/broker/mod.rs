@@ -90,6 +90,8 @@ pub async fn run(
     let mut users_now = config.users.clone();
     let logins = Arc::new(LoginGate::new(accounts.clone(), internal_password));
     let policy = Arc::new(acl::Policy::new(&config.acl, config.access));
+    let marker = store_dir.join("broker").join(PROCESSOR_SESSION_MARKER);
+    let awaiting = await_processor && !marker.exists();
     let processor_subscribed = CancellationToken::new();
     let (engine, retained_writer) = Engine::new(
         config,
@@ -97,7 +99,7 @@ pub async fn run(
         logins.clone(),
         policy,
         anonymous_at,
-        processor_subscribed.clone(),
+        awaiting.then(|| processor_subscribed.clone()),
     )
     .await?;
     let backends = engine.backends;
@@ -111,8 +113,7 @@ pub async fn run(
     let clients_gone = CancellationToken::new();
     let writing = tokio::spawn(retained_writer.run(clients_gone.clone()));
     let open_to_public = CancellationToken::new();
-    let marker = store_dir.join("broker").join(PROCESSOR_SESSION_MARKER);
-    if await_processor && !marker.exists() {
+    if awaiting {
         tracker.spawn(open_when_subscribed(processor_subscribed, open_to_public.clone(), marker, shutdown.clone()));
     } else {
         open_to_public.cancel();
