@@ -4,8 +4,9 @@
 //! [`Link::run`] drives the connection until shutdown: it reconnects with backoff,
 //! logs state changes once (not every retry), re-subscribes after every reconnect,
 //! keeps a retained availability message (`smarthomed/<role>/availability`: "online"
-//! once its subscriptions are acknowledged, or "offline" by last will or on a clean stop), raises an alert when the broker has
-//! been gone too long, and hands every incoming publish to a bounded queue. The event
+//! once its subscriptions are acknowledged, or "offline" by last will or on a clean
+//! stop), raises an alert when the broker has been gone too long, and hands every
+//! incoming publish to a bounded queue. The event
 //! loop is never left unpolled, since acknowledgements and replies travel through it:
 //! when the queue is full, messages wait beside it. For QoS 1 the broker's in-flight
 //! window bounds that wait (messages are acknowledged only once handled); QoS 0

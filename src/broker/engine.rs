@@ -319,7 +319,8 @@ impl Handler for ClientPacketLimit {
                 publish.properties.as_ref(),
             );
             if size > limit.get() as usize {
-                debug!(client_id = %session.id.client_id, topic = %publish.topic, size, limit, "not sent: larger than the client takes");
+                let (client_id, topic) = (&session.id.client_id, &publish.topic);
+                debug!(%client_id, %topic, size, limit, "not sent: larger than the client takes");
                 return (false, Some(HookResult::MessageExpiry));
             }
         }
@@ -352,7 +353,8 @@ impl Handler for QueueKeeper {
                 for (from, publish) in &waiting {
                     hook.offline_message(from.clone(), publish).await;
                 }
-                debug!(client_id = %session.id.client_id, queued = waiting.len(), "queued messages stored with the session");
+                let client_id = &session.id.client_id;
+                debug!(%client_id, queued = waiting.len(), "queued messages stored with the session");
             }
             for item in waiting {
                 // The queue had room for these a moment ago.
