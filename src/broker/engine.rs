@@ -27,7 +27,7 @@ use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
 use rmqtt::types::{AuthResult, ConnectInfo, From, Id, Publish, PublishAclResult, Reason, SubscribeAclResult};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::acl::{Access, Identity, Policy};
 use super::front_door::RESERVED_CLIENT_PREFIX;
@@ -356,9 +356,10 @@ impl Handler for QueueKeeper {
                 let client_id = &session.id.client_id;
                 debug!(%client_id, queued = waiting.len(), "queued messages stored with the session");
             }
-            for item in waiting {
-                // The queue had room for these a moment ago.
-                let _ = queue.push(item);
+            // The queue had room for these a moment ago, and only its session adds to it.
+            let lost = waiting.into_iter().map(|item| queue.push(item)).filter(Result::is_err).count();
+            if lost > 0 {
+                warn!(client_id = %session.id.client_id, lost, "queued messages did not fit back in the queue");
             }
         }
         (true, acc)
