@@ -343,6 +343,7 @@ impl Handler for QueueKeeper {
         // A session taken over goes on in the new connection, which has its queue.
         if let Parameter::ClientDisconnected(session, reason) = param
             && !matches!(reason, Reason::ConnectKicked(_))
+            && !session.deliver_queue().is_empty()
             && let Ok(connect) = session.connect_info().await
             && persistent(&connect)
         {

@@ -104,10 +104,10 @@ pub async fn run_with_tree<T: RealtimeTree>(
         tasks.spawn(mirror(tree.clone(), path, topic, client.clone(), context.alerter.clone(), shutdown.clone()));
     }
     {
-        let (tree, bus, alerter) = (tree.clone(), client.clone(), context.alerter.clone());
+        let out = Weather { tree: tree.clone(), bus: client.clone(), alerter: context.alerter.clone() };
         let weather_settings = |config: &Config| config.weather.clone();
         tasks.spawn(rerun_on_reload("the weather", context.reloads.clone(), weather_settings, shutdown.clone(), {
-            move |config, stop| weather(config, tree.clone(), bus.clone(), alerter.clone(), stop)
+            move |config, stop| weather(config, out.clone(), stop)
         }));
     }
     tasks.close();
@@ -198,21 +198,15 @@ async fn mirror<T: RealtimeTree>(
 }
 
 /// Keeps the weather up to date as `config` says, until `stop`.
-async fn weather<T: RealtimeTree>(
-    config: Arc<Config>,
-    tree: T,
-    bus: AsyncClient,
-    alerter: Alerter,
-    stop: CancellationToken,
-) {
+async fn weather<T: RealtimeTree>(config: Arc<Config>, out: Weather<T>, stop: CancellationToken) {
     if config.weather.api_key.is_empty() {
         info!("no weather.api_key: the weather is off");
         return stop.cancelled().await;
     }
     match weather::Client::new(&config.weather) {
-        Ok(client) => keep_weather(client, Weather { tree, bus, alerter }, config, stop).await,
+        Ok(client) => keep_weather(client, out, config, stop).await,
         Err(err) => {
-            alerter.raise(Alert::new(ROLE, "the weather cannot be fetched", err.to_string()));
+            out.alerter.raise(Alert::new(ROLE, "the weather cannot be fetched", err.to_string()));
             stop.cancelled().await;
         }
     }
@@ -220,6 +214,7 @@ async fn weather<T: RealtimeTree>(
 
 /// Where the weather goes: to MQTT (retained), for the processor and the apps, and to
 /// the tree, where the old apps read it.
+#[derive(Clone)]
 struct Weather<T> {
     tree: T,
     bus: AsyncClient,

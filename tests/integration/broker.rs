@@ -142,14 +142,18 @@ async fn a_taken_port_is_a_clear_startup_error() {
 async fn connections_beyond_the_limit_are_refused() {
     let daemon = Daemon::start("broker", "max_connections = 2\n", "");
     daemon.wait_broker().await;
-    let first = connect(daemon.mqtt_port, "first", None).await.expect("first");
-    let second = connect(daemon.mqtt_port, "second", None).await.expect("second");
+    // The probe of `wait_broker` holds a place until the broker sees it gone.
+    let port = daemon.mqtt_port;
+    let first = connect(port, "first", None).await.expect("first");
+    let second = common::wait_for_async(Duration::from_secs(10), "a second place", || async move {
+        connect(port, "second", None).await.ok()
+    })
+    .await;
     assert!(connect(daemon.mqtt_port, "third", None).await.is_err(), "a third connection was let in");
     // A flood past the limit is refused without flooding the log.
     for _ in 0..50 {
         let _ = tokio::net::TcpStream::connect(("127.0.0.1", daemon.mqtt_port)).await;
     }
-    let port = daemon.mqtt_port;
     common::wait_for_async(Duration::from_secs(10), "the refusals to be counted", || async move {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         let mut byte = [0u8; 1];
