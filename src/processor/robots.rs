@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::alert::{Alert, Alerter, Outage};
 use crate::config::Language;
@@ -298,6 +298,9 @@ async fn persist<S: DocumentStore>(
             };
             match result {
                 Ok(()) => {
+                    if let Save::Command(record) = &save {
+                        debug!(id = record.document_id(), status = ?record.status, "robot command record written");
+                    }
                     outage.recovered("robot records are written again");
                     break;
                 }

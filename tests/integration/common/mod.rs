@@ -249,27 +249,42 @@ fn spawn_in(dir: &std::path::Path, subcommand: &str, env: &[(&str, &str)]) -> Ch
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let pid = child.id();
-        let mut descendants = all_descendants(pid);
-        if let Ok(seen) = self.seen.lock() {
-            descendants.extend(seen.iter().filter(|pid| alive(**pid)));
-        }
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id();
+            let mut descendants = all_descendants(pid);
+            if let Ok(seen) = self.seen.lock() {
+                descendants.extend(seen.iter().filter(|pid| alive(**pid)));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            for pid in descendants {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        for pid in descendants {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        // A failed test shows what the daemon and its robots said (the harness prints it
+        // with the panic).
+        if std::thread::panicking() {
+            let logs = std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten().map(|entry| entry.path());
+            for path in logs.filter(|path| path.extension().is_some_and(|ext| ext == "log")) {
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(LOG_LINES_ON_FAILURE).collect();
+                eprintln!("--- {}, last {} lines ---", path.display(), tail.len());
+                tail.iter().rev().for_each(|line| eprintln!("{line}"));
+            }
         }
     }
 }
+
+/// How much of the daemon's log a failed test shows.
+const LOG_LINES_ON_FAILURE: usize = 300;
 
 /// Pids whose parent is `parent`, with the role (first argument) of each.
 pub fn children_of(parent: u32) -> HashMap<String, u32> {
