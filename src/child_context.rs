@@ -57,8 +57,8 @@ impl ChildContext {
     }
 }
 
-/// Runs `job` with the newest config until it ends or `shutdown`, and starts it over,
-/// with the new config, whenever a reload changes what `settings` picks out of it.
+/// Runs `job` with what `settings` picks out of the newest config until it ends or
+/// `shutdown`, and starts it over with the new settings whenever a reload changes them.
 pub async fn rerun_on_reload<T, Job, Fut>(
     what: &str,
     mut reloads: watch::Receiver<Arc<Config>>,
@@ -66,15 +66,14 @@ pub async fn rerun_on_reload<T, Job, Fut>(
     shutdown: CancellationToken,
     mut job: Job,
 ) where
-    T: PartialEq,
-    Job: FnMut(Arc<Config>, CancellationToken) -> Fut,
+    T: PartialEq + Clone,
+    Job: FnMut(T, CancellationToken) -> Fut,
     Fut: Future<Output = ()>,
 {
     loop {
-        let config = reloads.borrow_and_update().clone();
-        let current = settings(&config);
+        let current = settings(&reloads.borrow_and_update());
         let stop = shutdown.child_token();
-        let running = job(config, stop.clone());
+        let running = job(current.clone(), stop.clone());
         tokio::pin!(running);
         loop {
             tokio::select! {

@@ -6,7 +6,6 @@
 //! republishes it (retained) when the text changed. The last state is kept in the
 //! store, so a restart neither repeats alarms nor misses the change it came back to.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -20,7 +19,7 @@ use super::alarms;
 use super::recommendation::{self, Inputs};
 use super::texts;
 use crate::alert::{Alert, Alerter};
-use crate::config::Config;
+use crate::config::ProcessorConfig;
 use crate::log_limit::{LogLimiter, Verdict};
 use crate::protocol::appliance::{self, Change, State};
 use crate::protocol::command::error_reply;
@@ -40,7 +39,7 @@ pub enum ApplianceInput {
 struct Appliance<S> {
     store: S,
     client: AsyncClient,
-    config: Arc<Config>,
+    config: ProcessorConfig,
     alerter: Alerter,
     inputs: Inputs,
     published_recommendation: Option<String>,
@@ -58,7 +57,7 @@ pub async fn run<S: DocumentStore>(
     current: watch::Sender<Option<State>>,
     store: S,
     client: AsyncClient,
-    config: Arc<Config>,
+    config: ProcessorConfig,
     alerter: Alerter,
 ) {
     let mut appliance = Appliance {
@@ -154,7 +153,7 @@ impl<S: DocumentStore> Appliance<S> {
         if changes.is_empty() {
             return Ok(());
         }
-        let language = self.config.processor.language;
+        let language = self.config.language;
         let now = chrono::Local::now();
         let date = alarms::alarm_date(now.naive_local());
         if self.alarm_second.0 != now.timestamp() {
@@ -185,13 +184,13 @@ impl<S: DocumentStore> Appliance<S> {
         let name = found.and_then(|(_, mode)| mode.get("modeName").and_then(Value::as_str).map(str::to_owned));
         Ok(name.unwrap_or_else(|| {
             warn!(number, "no mode document has this modeNum");
-            texts::unnamed_mode(self.config.processor.language, number)
+            texts::unnamed_mode(self.config.language, number)
         }))
     }
 
     async fn recommend(&mut self) {
-        let advice = recommendation::advise(&self.inputs, &self.config.processor.recommendation);
-        let text = texts::advice(self.config.processor.language, advice).to_owned();
+        let advice = recommendation::advise(&self.inputs, &self.config.recommendation);
+        let text = texts::advice(self.config.language, advice).to_owned();
         if self.published_recommendation.as_deref() != Some(text.as_str()) {
             info!(recommendation = text, "recommendation");
             self.publish(RECOMMENDATION_TOPIC, true, text.clone()).await;

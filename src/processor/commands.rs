@@ -3,8 +3,8 @@
 //! and the robot commands, which go to the robot desk. Every command gets its answer:
 //! a reply, or an error reply on the producer's error topic.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::alert::{Alert, Alerter};
-use crate::config::Config;
+use crate::config::ProcessorConfig;
 use crate::log_limit::{LogLimiter, Verdict};
 use crate::protocol::appliance::Control;
 use crate::protocol::command::{self, Code, Command, Rejection, Request};
@@ -29,7 +29,7 @@ pub struct Handlers<S> {
     store: S,
     robots: RobotDesk,
     client: AsyncClient,
-    config: Arc<Config>,
+    config: ProcessorConfig,
     alerter: Alerter,
     facer_running: AtomicBool,
     /// Refusals are answered one by one but logged at a bounded rate.
@@ -45,7 +45,7 @@ impl From<StoreError> for Rejection {
 }
 
 impl<S: DocumentStore> Handlers<S> {
-    pub fn new(store: S, robots: RobotDesk, client: AsyncClient, config: Arc<Config>, alerter: Alerter) -> Self {
+    pub fn new(store: S, robots: RobotDesk, client: AsyncClient, config: ProcessorConfig, alerter: Alerter) -> Self {
         Self {
             store,
             robots,
@@ -63,7 +63,7 @@ impl<S: DocumentStore> Handlers<S> {
 
     /// Reads a command payload.
     pub fn parse(&self, payload: &Bytes) -> Result<Command, Rejection> {
-        command::parse(payload, self.config.processor.max_command_bytes)
+        command::parse(payload, self.config.max_command_bytes)
     }
 
     /// Answers a command that could not be read.
@@ -85,7 +85,7 @@ impl<S: DocumentStore> Handlers<S> {
     /// `start_facer`), answering with its reply or an error reply.
     pub async fn handle(&self, command: Command, timeout: Duration) {
         let timeout = match command.request {
-            Request::StartFacer => timeout + Duration::from_secs(self.config.processor.facer_timeout_secs),
+            Request::StartFacer => timeout + Duration::from_secs(self.config.facer_timeout_secs),
             _ => timeout,
         };
         let started = Instant::now();
@@ -255,7 +255,7 @@ impl<S: DocumentStore> Handlers<S> {
     /// Signals the camera, runs the recognizer, signals the camera again, and answers
     /// with the recognised user. Only one recognition runs at a time.
     async fn start_facer(&self, producer: &str) -> Result<(), Rejection> {
-        let Some((program, args)) = self.config.processor.facer_command.split_first() else {
+        let Some((program, args)) = self.config.facer_command.split_first() else {
             return Err(Rejection::new(
                 Code::FacerUnavailable,
                 "no face recognizer is configured (processor.facer_command)",
@@ -266,7 +266,7 @@ impl<S: DocumentStore> Handlers<S> {
         };
         let sign = |sign: &str| json!({"Producer": "server", "command": "facer_sign", "sign": sign}).to_string();
         self.publish(CAMERA_TOPIC, sign("start")).await;
-        let timeout = Duration::from_secs(self.config.processor.facer_timeout_secs);
+        let timeout = Duration::from_secs(self.config.facer_timeout_secs);
         let result = recognize(program, args, timeout).await;
         drop(running);
         self.publish(CAMERA_TOPIC, sign("end")).await;

@@ -163,7 +163,7 @@ pub async fn run_with_store<S: DocumentStore>(
         state_tx,
         store.clone(),
         client.clone(),
-        config.clone(),
+        config.processor.clone(),
         context.alerter.clone(),
     ));
     {
@@ -217,7 +217,8 @@ pub async fn run_with_store<S: DocumentStore>(
         }
     };
     tasks.spawn(robot_work);
-    let handlers = Arc::new(Handlers::new(store, robot_desk, client.clone(), config.clone(), context.alerter.clone()));
+    let handlers =
+        Arc::new(Handlers::new(store, robot_desk, client.clone(), config.processor.clone(), context.alerter.clone()));
     let (incoming, queue) = mpsc::channel(config.processor.queue_capacity);
     let (acks, unacked) = mpsc::channel(config.processor.queue_capacity + config.processor.max_concurrent_handlers);
     tasks.spawn(acknowledge_in_order(unacked, acker));

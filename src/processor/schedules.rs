@@ -10,7 +10,6 @@
 //! missed. A malformed document is reported once and skipped.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
@@ -23,7 +22,7 @@ use tracing::{info, warn};
 
 use super::STATE_COLLECTION;
 use crate::alert::{Alert, Alerter};
-use crate::config::Config;
+use crate::config::ScheduleConfig;
 use crate::protocol::appliance::State;
 use crate::protocol::command::error_reply;
 use crate::protocol::schedule::{DocumentError, MODES, Mode, SCHEDULES, Schedule};
@@ -41,7 +40,7 @@ const MAX_LOOKBACK_DAYS: i64 = 7;
 pub struct Engine<S> {
     pub store: S,
     pub client: AsyncClient,
-    pub config: Arc<Config>,
+    pub config: ScheduleConfig,
     pub alerter: Alerter,
     pub state: watch::Receiver<Option<State>>,
 }
@@ -101,9 +100,9 @@ struct Known {
 
 impl<S: DocumentStore> Engine<S> {
     pub async fn run(self, tasks: &TaskTracker, shutdown: CancellationToken) {
-        let zone = self.config.schedule.zone();
-        let grace = Duration::seconds(self.config.schedule.grace_secs as i64);
-        let max_sleep = std::time::Duration::from_secs(self.config.schedule.max_sleep_secs);
+        let zone = self.config.zone();
+        let grace = Duration::seconds(self.config.grace_secs as i64);
+        let max_sleep = std::time::Duration::from_secs(self.config.max_sleep_secs);
         let (schedule_events, mut schedule_queue) = mpsc::channel(16);
         let (mode_events, mut mode_queue) = mpsc::channel(16);
         for (collection, events) in [(SCHEDULES, schedule_events), (MODES, mode_events)] {

@@ -28,8 +28,7 @@ use tracing::{info, warn};
 use crate::alert::{Alert, Alerter, Outage};
 use crate::backoff::Backoff;
 use crate::child_context::{ChildContext, rerun_on_reload};
-use crate::config::Backend;
-use crate::config::Config;
+use crate::config::{Backend, Config, WeatherConfig};
 use crate::mqtt::{self, Link, MqttError};
 use crate::protocol::command::error_reply;
 use crate::protocol::role::Role;
@@ -198,12 +197,12 @@ async fn mirror<T: RealtimeTree>(
 }
 
 /// Keeps the weather up to date as `config` says, until `stop`.
-async fn weather<T: RealtimeTree>(config: Arc<Config>, out: Weather<T>, stop: CancellationToken) {
-    if config.weather.api_key.is_empty() {
+async fn weather<T: RealtimeTree>(config: WeatherConfig, out: Weather<T>, stop: CancellationToken) {
+    if config.api_key.is_empty() {
         info!("no weather.api_key: the weather is off");
         return stop.cancelled().await;
     }
-    match weather::Client::new(&config.weather) {
+    match weather::Client::new(&config) {
         Ok(client) => keep_weather(client, out, config, stop).await,
         Err(err) => {
             out.alerter.raise(Alert::new(ROLE, "the weather cannot be fetched", err.to_string()));
@@ -226,11 +225,11 @@ struct Weather<T> {
 async fn keep_weather<T: RealtimeTree>(
     client: weather::Client,
     Weather { tree, bus, alerter }: Weather<T>,
-    config: Arc<Config>,
+    config: WeatherConfig,
     shutdown: CancellationToken,
 ) {
-    let interval = Duration::from_secs(config.weather.interval_secs);
-    let mut retry = Backoff::new(Duration::from_millis(config.weather.retry_initial_ms), interval);
+    let interval = Duration::from_secs(config.interval_secs);
+    let mut retry = Backoff::new(Duration::from_millis(config.retry_initial_ms), interval);
     let mut outage = Outage::new(alerter.clone(), ROLE);
     loop {
         let wait = match client.fetch().await {
