@@ -12,6 +12,7 @@ mod broker_durability;
 mod cli;
 mod external_broker;
 mod firebase;
+mod layers;
 mod processor;
 mod protocol_examples;
 mod robots;
