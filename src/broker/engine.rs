@@ -25,7 +25,9 @@ use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::{Builder, Listener};
 use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
-use rmqtt::types::{AuthResult, ConnectInfo, From, Id, Publish, PublishAclResult, Reason, SubscribeAclResult};
+use rmqtt::types::{
+    AuthResult, ConnectInfo, Disconnect, From, Id, Publish, PublishAclResult, Reason, SubscribeAclResult,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -114,7 +116,15 @@ impl Engine {
                 path.display().to_string()
             )
         };
-        let scx = ServerContext::new().plugins_config_map_add(SESSIONS, sled("sessions")).build().await;
+        let scx = ServerContext::new()
+            // rmqtt would refuse every CONNECT while the host's CPU is above 90 % (a
+            // Raspberry Pi running the face recognizer, a backup, a build), and samples
+            // the CPU every 2 s to know; the front door already bounds connections
+            // and logins.
+            .busy_check_enable(false)
+            .plugins_config_map_add(SESSIONS, sled("sessions"))
+            .build()
+            .await;
         let storage = |err: rmqtt::Error| EngineError::Storage { dir: data_dir.to_owned(), reason: err.to_string() };
         rmqtt_session_storage::register_named(&scx, SESSIONS, true, true).await.map_err(storage)?;
         let (retained, retained_writer) =
@@ -340,9 +350,11 @@ struct QueueKeeper {
 #[async_trait::async_trait]
 impl Handler for QueueKeeper {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        // A session taken over goes on in the new connection, which has its queue.
+        // A session taken over goes on in the new connection, which has its queue; one
+        // its client ended has nothing to keep.
         if let Parameter::ClientDisconnected(session, reason) = param
             && !matches!(reason, Reason::ConnectKicked(_))
+            && !ends_session(reason)
             && !session.deliver_queue().is_empty()
             && let Ok(connect) = session.connect_info().await
             && persistent(&connect)
@@ -364,6 +376,18 @@ impl Handler for QueueKeeper {
             }
         }
         (true, acc)
+    }
+}
+
+/// Whether the client ended its session as it left (MQTT 5: a DISCONNECT with a
+/// session expiry of 0).
+fn ends_session(reason: &Reason) -> bool {
+    match reason {
+        Reason::ConnectDisconnect(Some(Disconnect::V5(disconnect))) => {
+            disconnect.session_expiry_interval_secs == Some(0)
+        }
+        Reason::Reasons(reasons) => reasons.iter().any(ends_session),
+        _ => false,
     }
 }
 

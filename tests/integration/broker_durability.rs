@@ -201,3 +201,91 @@ async fn no_acknowledged_command_is_lost_on_sigterm() {
     })
     .await;
 }
+
+/// An MQTT 5 client `id` with a session of an hour, subscribed to `<id>/inbox`, which
+/// never acknowledges: of ten messages, two are in flight (the broker's window) and
+/// eight wait in its queue when it leaves, ending its session (DISCONNECT with a
+/// session expiry of 0) or not.
+async fn fill_and_leave(port: u16, id: &str, end_session: bool) {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, Filter, Packet, Subscribe};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let properties = ConnectProperties { session_expiry_interval: Some(3600), ..ConnectProperties::new() };
+    let connect = Connect { keep_alive: 30, client_id: id.into(), clean_start: false, properties: Some(properties) };
+    let inbox = format!("{id}/inbox");
+    let mut subscribe = Subscribe::new(Filter::new(inbox.as_str(), QoS5::AtLeastOnce), None);
+    subscribe.pkid = 1;
+    let mut outgoing = bytes::BytesMut::new();
+    connect.write(&None, &None, &mut outgoing).expect("CONNECT");
+    subscribe.write(&mut outgoing).expect("SUBSCRIBE");
+    stream.write_all(&outgoing).await.expect("send");
+    let mut incoming = bytes::BytesMut::new();
+    let mut next_packet = async || loop {
+        match Packet::read(&mut incoming, None) {
+            Ok(packet) => return packet,
+            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                let read = tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut incoming)).await;
+                assert!(read.expect("a packet within 5 s").expect("read") > 0, "{id}'s connection closed");
+            }
+            Err(err) => panic!("{id} read a malformed packet: {err}"),
+        }
+    };
+    while !matches!(next_packet().await, Packet::SubAck(_)) {}
+    let (publisher, mut acks) = acknowledged_publisher(port, &format!("{id}-sender")).await;
+    for n in 0..10 {
+        publisher.publish(inbox.as_str(), QoS::AtLeastOnce, false, format!("m{n}")).await.unwrap();
+    }
+    wait_acks(&mut acks, 10).await;
+    // Both in flight: the other eight wait in the queue.
+    let mut in_flight = 0;
+    while in_flight < 2 {
+        in_flight += usize::from(matches!(next_packet().await, Packet::Publish(_)));
+    }
+    // DISCONNECT: reason 0, properties (5 bytes): Session Expiry Interval (0x11) = 0.
+    let disconnect: &[u8] = if end_session { &[0xe0, 0x07, 0x00, 0x05, 0x11, 0, 0, 0, 0] } else { &[0xe0, 0x00] };
+    stream.write_all(disconnect).await.expect("send");
+}
+
+#[tokio::test]
+async fn an_mqtt5_session_keeps_its_queue_over_a_restart_unless_its_client_ended_it() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    // The queue keeper's work is logged at debug level.
+    let env = [("RUST_LOG", "info,smarthomed::broker=debug,smarthomed::supervisor::child=debug")];
+    let mut daemon = Daemon::start_with_env("run", "max_inflight_messages = 2\n", common::FAST_SUPERVISOR, &env);
+    daemon.wait_broker().await;
+    fill_and_leave(daemon.mqtt_port, "keeper", false).await;
+    fill_and_leave(daemon.mqtt_port, "leaver", true).await;
+    common::wait_for(Duration::from_secs(10), "the keeper's queue stored", || {
+        daemon.log().contains(r#"queued messages stored with the session client_id="keeper""#).then_some(())
+    })
+    .await;
+
+    daemon.restart("run").await;
+    daemon.wait_broker().await;
+    let (_keeper, mut packets, session_present) =
+        common::v5::client(daemon.mqtt_port, "keeper", false, Some(3600)).await;
+    assert!(session_present, "the keeper's session was lost");
+    let mut payloads = std::collections::HashSet::new();
+    while payloads.len() < 10 {
+        let next = common::v5::next_packet(&mut packets, Duration::from_secs(5), |packet| match packet {
+            Packet::Publish(publish) => Some(String::from_utf8_lossy(&publish.payload).into_owned()),
+            _ => None,
+        });
+        payloads.insert(next.await.unwrap_or_else(|| panic!("the keeper got only {payloads:?}")));
+    }
+    let (_leaver, mut packets, session_present) =
+        common::v5::client(daemon.mqtt_port, "leaver", false, Some(3600)).await;
+    assert!(!session_present, "the ended session came back");
+    let old = common::v5::next_packet(&mut packets, Duration::from_secs(1), |packet| match packet {
+        Packet::Publish(publish) => Some(publish),
+        _ => None,
+    })
+    .await;
+    assert!(old.is_none(), "a message of the ended session was delivered: {old:?}");
+    assert!(
+        !daemon.log().contains(r#"queued messages stored with the session client_id="leaver""#),
+        "the ended session's queue was stored"
+    );
+}
