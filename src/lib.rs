@@ -13,6 +13,7 @@ pub mod child_context;
 pub mod config;
 pub mod control;
 pub mod log_limit;
+pub mod memory;
 pub mod mqtt;
 pub mod outage;
 pub mod panic_exit;

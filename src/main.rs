@@ -146,6 +146,7 @@ impl ConfigArg {
 }
 
 fn main() -> ExitCode {
+    smarthomed::memory::tune_allocator();
     let cli = Cli::parse();
     init_logging();
     smarthomed::panic_exit::install();

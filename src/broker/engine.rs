@@ -10,7 +10,8 @@
 //! broker engine"). Logins and topic access are decided by [`Gatekeeper`], a hook;
 //! other hooks mend what rmqtt leaves out: [`QueueKeeper`] stores what is queued for a
 //! persistent client when it leaves, [`ClientPacketLimit`] honours an MQTT 5 client's
-//! Maximum Packet Size, and [`ProcessorWatch`] tells when the processor is subscribed.
+//! Maximum Packet Size, [`DropWatch`] counts and reports dropped messages, and
+//! [`ProcessorWatch`] tells when the processor is subscribed.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
@@ -145,6 +146,8 @@ impl Engine {
         register.add(Type::ClientSubscribeCheckAcl, gatekeeper()).await;
         register.add(Type::MessageExpiryCheck, Box::new(ClientPacketLimit)).await;
         register.add(Type::ClientDisconnected, Box::new(QueueKeeper { scx: scx.clone() })).await;
+        let drops_logged = Mutex::new(LogLimiter::new(1, crate::log_limit::WINDOW));
+        register.add(Type::MessageDropped, Box::new(DropWatch { logged: drops_logged })).await;
         // Only while it is awaited: the hook runs for every publish.
         if let Some(subscribed) = processor_subscribed {
             let watch = ProcessorWatch { awaited: Mutex::new(AWAITED_ROLES.to_vec()), subscribed };
@@ -376,6 +379,49 @@ impl Handler for QueueKeeper {
             }
         }
         (true, acc)
+    }
+}
+
+/// Counts every message the engine drops, by why, and says when a client does not keep
+/// up: once per client and minute, with how many went unlogged in the minute before.
+struct DropWatch {
+    logged: Mutex<LogLimiter>,
+}
+
+#[async_trait::async_trait]
+impl Handler for DropWatch {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::MessageDropped(to, _, publish, reason) = param {
+            let why = drop_reason(reason);
+            metrics::counter!("smarthomed_broker_messages_dropped_total", "reason" => why).increment(1);
+            if let (Reason::MessageQueueFull, Some(to)) = (reason, to) {
+                let client_id = &to.client_id;
+                let verdict =
+                    self.logged.lock().unwrap_or_else(PoisonError::into_inner).check(client_id, Instant::now());
+                if let LogVerdict::Log { suppressed_before } = verdict {
+                    warn!(
+                        %client_id,
+                        topic = %publish.topic,
+                        qos = publish.qos as u8,
+                        suppressed_before,
+                        "a client does not keep up: its queue is full and messages to it are dropped \
+                         (broker.max_queued_messages)"
+                    );
+                }
+            }
+        }
+        (true, acc)
+    }
+}
+
+/// The `reason` label of a dropped message.
+fn drop_reason(reason: &Reason) -> &'static str {
+    match reason {
+        Reason::MessageQueueFull => "queue_full",
+        Reason::MessageExpiration => "expired",
+        Reason::PublishResult(_) => "refused",
+        Reason::Reasons(reasons) => reasons.first().map_or("other", drop_reason),
+        _ => "session_ended",
     }
 }
 

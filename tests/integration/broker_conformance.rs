@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Daemon, connect, subscriber};
+use common::{Daemon, connect, connect_with, receiver, subscriber};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet as V5Packet, RetainForwardRule};
 use rumqttc::{Event, Packet, QoS};
 
@@ -284,6 +284,48 @@ async fn a_subscriber_that_falls_behind_loses_qos_0_but_never_goes_deaf() {
     let mut messages = deliveries(slow, slow_loop);
     publisher.publish("burst/after", QoS::AtLeastOnce, false, "still here").await.unwrap();
     next_on(&mut messages, "burst/after").await;
+}
+
+#[tokio::test]
+async fn an_offline_sessions_queue_is_bounded_and_its_drops_are_said_once() {
+    let daemon = Daemon::start("broker", "max_queued_messages = 100\nmax_inflight_messages = 10\n", "");
+    daemon.wait_broker().await;
+    let mut options = rumqttc::MqttOptions::new("away", "127.0.0.1", daemon.mqtt_port);
+    options.set_clean_session(false);
+    let (away, mut eventloop) = connect_with(options.clone()).await.unwrap();
+    away.subscribe("away/inbox", QoS::AtLeastOnce).await.unwrap();
+    while !matches!(eventloop.poll().await, Ok(Event::Incoming(Packet::SubAck(_)))) {}
+    away.disconnect().await.unwrap();
+    while !matches!(eventloop.poll().await, Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)) {}
+    drop(eventloop);
+    let publisher = common::app::publisher(&daemon, "away-sender").await;
+    // Three times its queue while it is away: the oldest two hundred go.
+    for n in 0..300 {
+        publisher.publish("away/inbox", QoS::AtLeastOnce, false, n.to_string()).await.unwrap();
+    }
+    common::wait_for(Duration::from_secs(10), "the drops said", || {
+        daemon.log().lines().any(|line| line.contains("a client does not keep up")).then_some(())
+    })
+    .await;
+
+    let (away, eventloop) = connect_with(options).await.unwrap();
+    let mut messages = receiver(away, eventloop);
+    let mut received = Vec::new();
+    while received.last().map(String::as_str) != Some("299") {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.recv()).await;
+        let (_, payload, _) = next.expect("the newest messages").expect("connection");
+        received.push(payload);
+    }
+    // Bounded, though not to exactly 100: the session storage's copy of what arrived
+    // while it was away (at most 100 too) comes back beside the queue, and what was in
+    // flight (at most 10) with them (README, "The broker", Flow).
+    let distinct: std::collections::HashSet<&String> = received.iter().collect();
+    assert_eq!(distinct.len(), received.len(), "a message came twice: {received:?}");
+    assert!(received.len() <= 210, "{} of 300 messages kept for a queue of 100", received.len());
+    let said: Vec<String> =
+        daemon.log().lines().filter(|line| line.contains("a client does not keep up")).map(str::to_owned).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("away"), "{said:?}");
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("log_limit", &[]),
     ("tls", &[]),
     ("panic_exit", &[]),
+    ("memory", &[]),
     ("config", &["protocol", "password"]),
     ("robot", &["protocol"]),
     ("schedule", &["protocol"]),

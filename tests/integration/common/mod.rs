@@ -376,30 +376,58 @@ pub async fn connect_with(options: MqttOptions) -> Result<(AsyncClient, EventLoo
     connack.map(|()| (client, eventloop))
 }
 
-/// Subscribes and returns a receiver of (topic, payload, retain) for what arrives.
+/// Subscribes, waits until the broker has granted it, and returns a receiver of (topic,
+/// payload, retain) for what arrives, retained messages sent before the SUBACK included.
 pub async fn subscriber(
     client: AsyncClient,
-    eventloop: EventLoop,
+    mut eventloop: EventLoop,
     filter: &str,
 ) -> tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)> {
     client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe");
-    receiver(client, eventloop)
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let granted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => return,
+                Ok(Event::Incoming(Packet::Publish(publish))) => drop(tx.send(delivery(&publish))),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    granted.await.unwrap_or_else(|_| panic!("no SUBACK for {filter} within 10 s"));
+    forward(client, eventloop, tx);
+    rx
 }
 
 /// A receiver of (topic, payload, retain) for what arrives on subscriptions the client
 /// already has (a persistent session's).
 pub fn receiver(
     client: AsyncClient,
-    mut eventloop: EventLoop,
+    eventloop: EventLoop,
 ) -> tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    forward(client, eventloop, tx);
+    rx
+}
+
+/// A message as the receivers hand it on: (topic, payload, retain).
+fn delivery(publish: &rumqttc::Publish) -> (String, String, bool) {
+    (publish.topic.clone(), String::from_utf8_lossy(&publish.payload).into_owned(), publish.retain)
+}
+
+/// Sends what arrives on `eventloop` to `tx` until its receiver is dropped.
+fn forward(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    tx: tokio::sync::mpsc::UnboundedSender<(String, String, bool)>,
+) {
     tokio::spawn(async move {
         let _client = client;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let payload = String::from_utf8_lossy(&publish.payload).into_owned();
-                    if tx.send((publish.topic.clone(), payload, publish.retain)).is_err() {
+                    if tx.send(delivery(&publish)).is_err() {
                         return;
                     }
                 }
@@ -408,7 +436,6 @@ pub fn receiver(
             }
         }
     });
-    rx
 }
 
 /// Receives until a message on `topic` with `payload` arrives; returns its retain flag.
