@@ -420,8 +420,16 @@ fn drop_reason(reason: &Reason) -> &'static str {
         Reason::MessageQueueFull => "queue_full",
         Reason::MessageExpiration => "expired",
         Reason::PublishResult(_) => "refused",
+        Reason::InflightWindowFull => "inflight_full",
+        Reason::SessionExpiration
+        | Reason::ConnectDisconnect(_)
+        | Reason::ConnectRemoteClose
+        | Reason::ConnectKeepaliveTimeout
+        | Reason::ConnectReadWriteTimeout
+        | Reason::ConnectReadWriteError
+        | Reason::ConnectKicked(_) => "session_ended",
         Reason::Reasons(reasons) => reasons.first().map_or("other", drop_reason),
-        _ => "session_ended",
+        _ => "other",
     }
 }
 
@@ -480,4 +488,29 @@ impl Handler for ProcessorWatch {
 
 fn identity(session: &rmqtt::session::Session) -> Identity<'_> {
     Identity { user: session.id.username.as_deref(), client_id: &session.id.client_id }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_messages_are_labelled_by_why() {
+        assert_eq!(drop_reason(&Reason::MessageQueueFull), "queue_full");
+        assert_eq!(drop_reason(&Reason::MessageExpiration), "expired");
+        assert_eq!(drop_reason(&Reason::Reasons(vec![Reason::SessionExpiration])), "session_ended");
+        assert_eq!(drop_reason(&Reason::from_static("Tx is closed")), "other");
+    }
+
+    #[test]
+    fn only_a_disconnect_with_expiry_zero_ends_the_session() {
+        let disconnect = |expiry| {
+            let packet = rmqtt::codec::v5::Disconnect { session_expiry_interval_secs: expiry, ..Default::default() };
+            Reason::Reasons(vec![Reason::ConnectDisconnect(Some(Disconnect::V5(packet)))])
+        };
+        assert!(ends_session(&disconnect(Some(0))));
+        assert!(!ends_session(&disconnect(Some(60))));
+        assert!(!ends_session(&disconnect(None)));
+        assert!(!ends_session(&Reason::ConnectRemoteClose));
+    }
 }
