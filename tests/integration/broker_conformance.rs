@@ -299,7 +299,7 @@ async fn an_offline_sessions_queue_is_bounded_and_its_drops_are_said_once() {
     while !matches!(eventloop.poll().await, Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)) {}
     drop(eventloop);
     let publisher = common::app::publisher(&daemon, "away-sender").await;
-    // Three times its queue while it is away: the oldest two hundred go.
+    // Three times its queue while it is away.
     for n in 0..300 {
         publisher.publish("away/inbox", QoS::AtLeastOnce, false, n.to_string()).await.unwrap();
     }
