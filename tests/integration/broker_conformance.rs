@@ -287,8 +287,11 @@ async fn a_subscriber_that_falls_behind_loses_qos_0_but_never_goes_deaf() {
 }
 
 #[tokio::test]
-async fn an_offline_sessions_queue_is_bounded_and_its_drops_are_said_once() {
-    let daemon = Daemon::start("broker", "max_queued_messages = 100\nmax_inflight_messages = 10\n", "");
+async fn an_offline_sessions_queue_is_bounded_and_its_drops_are_counted_and_said_once() {
+    smarthomed::tls::use_ring();
+    let metrics_port = common::free_port();
+    let extra = format!("{}[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n", common::FAST_SUPERVISOR);
+    let daemon = Daemon::start("run", "max_queued_messages = 100\nmax_inflight_messages = 10\n", &extra);
     daemon.wait_broker().await;
     let mut options = rumqttc::MqttOptions::new("away", "127.0.0.1", daemon.mqtt_port);
     options.set_clean_session(false);
@@ -305,6 +308,14 @@ async fn an_offline_sessions_queue_is_bounded_and_its_drops_are_said_once() {
     }
     common::wait_for(Duration::from_secs(10), "the drops said", || {
         daemon.log().lines().any(|line| line.contains("a client does not keep up")).then_some(())
+    })
+    .await;
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    common::wait_for_async(Duration::from_secs(15), "the drops counted", || async {
+        let body = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        let series = "smarthomed_broker_messages_dropped_total{reason=\"queue_full\"} ";
+        let dropped: u64 = body.lines().find_map(|line| line.strip_prefix(series)?.parse().ok())?;
+        (dropped >= 100).then_some(())
     })
     .await;
 
