@@ -252,7 +252,8 @@ async fn fill_and_leave(port: u16, id: &str, end_session: bool) {
 async fn an_mqtt5_session_keeps_its_queue_over_a_restart_unless_its_client_ended_it() {
     use rumqttc::v5::mqttbytes::v5::Packet;
     // The queue keeper's work is logged at debug level.
-    let env = [("RUST_LOG", "info,smarthomed::broker=debug,smarthomed::supervisor::child=debug")];
+    let logging = common::debug_logging("smarthomed::broker");
+    let env = [("RUST_LOG", logging.as_str())];
     let mut daemon = Daemon::start_with_env("run", "max_inflight_messages = 2\n", common::FAST_SUPERVISOR, &env);
     daemon.wait_broker().await;
     fill_and_leave(daemon.mqtt_port, "keeper", false).await;

@@ -17,7 +17,11 @@ use smarthomed::store::embedded::EmbeddedDocuments;
 const ROLES: [&str; 3] = ["broker", "processor", "syncer"];
 
 async fn start(extra: &str) -> Daemon {
-    let daemon = Daemon::start("run", "", &format!("{FAST_SUPERVISOR}{extra}"));
+    start_with_broker("", extra).await
+}
+
+async fn start_with_broker(broker: &str, extra: &str) -> Daemon {
+    let daemon = Daemon::start("run", broker, &format!("{FAST_SUPERVISOR}{extra}"));
     daemon.wait_children(&ROLES).await;
     daemon.wait_broker().await;
     daemon
@@ -390,9 +394,7 @@ async fn spawned_programs_get_only_the_secrets_they_use() {
 async fn a_flood_of_garbage_is_answered_in_full_and_logged_in_part() {
     const GARBAGE: usize = 2_000;
     // The replies' reader may fall behind the processor: the broker holds them all.
-    let daemon = Daemon::start("run", "max_queued_messages = 5000\n", FAST_SUPERVISOR);
-    daemon.wait_children(&ROLES).await;
-    daemon.wait_broker().await;
+    let daemon = start_with_broker("max_queued_messages = 5000\n", "").await;
     let mut probes = listen(&daemon, "flood-probe", "webos/android/+").await;
     let mut replies = listen(&daemon, "flood", "data/error/warning").await;
     let app = publisher(&daemon, "flood-pub").await;

@@ -283,6 +283,12 @@ impl Drop for Daemon {
     }
 }
 
+/// The log filter that shows `module`'s debug lines: a child's lines are logged again by
+/// the supervisor under its own module, so that one must let debug through too.
+pub fn debug_logging(module: &str) -> String {
+    format!("info,{module}=debug,smarthomed::supervisor::child=debug")
+}
+
 /// How much of the daemon's log a failed test shows.
 const LOG_LINES_ON_FAILURE: usize = 300;
 
