@@ -5,10 +5,14 @@
 //! "car2home" is a rule list of its own that fits the Car2Home topics and denies what
 //! it does not name. The daemon's own processes (user `smarthomed`) are never checked.
 //! A subscription passes only when every topic its filter can match is allowed, so
-//! `#` passes only a rule for `#`. Plain functions over plain data; the engine's hook
-//! calls [`Policy::allows`].
+//! `#` passes only a rule for `#`. The Car2Home apps publish their 9-digit controls
+//! straight to the ESP32's topic, so "car2home" lets a publish there through when its
+//! payload is a control the codec accepts, and nothing else. Plain functions over plain
+//! data; the engine's hook calls [`Policy::allows`] and [`Policy::allows_publish`].
 
 use crate::config::{AccessPolicy, AclAccess, AclPermission, AclRule};
+use crate::protocol::appliance::Control;
+use crate::protocol::topics::APPLIANCE_CONTROL_TOPIC;
 
 /// What a client asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,19 +45,51 @@ impl Policy {
         Self { rules: rules.to_vec(), base, car2home: car2home_rules() }
     }
 
+    /// Whether `who` may subscribe to the filter `topic`, or publish to `topic` whatever
+    /// the payload.
     pub fn allows(&self, who: &Identity<'_>, access: Access, topic: &str) -> bool {
+        self.decide(who, access, topic, None)
+    }
+
+    /// Whether `who` may publish `payload` to `topic`.
+    pub fn allows_publish(&self, who: &Identity<'_>, topic: &str, payload: &[u8]) -> bool {
+        self.decide(who, Access::Publish, topic, Some(payload))
+    }
+
+    fn decide(&self, who: &Identity<'_>, access: Access, topic: &str, payload: Option<&[u8]>) -> bool {
         // `$` topics are the broker's own (`$SYS`), whatever the rules say.
         if access == Access::Publish && topic.starts_with('$') {
             return false;
         }
+        // A shared subscription (`$share/<group>/<filter>`) reads what its filter reads.
+        let topic = match access {
+            Access::Subscribe => shared_filter(topic).unwrap_or(topic),
+            Access::Publish => topic,
+        };
         if let Some(permission) = first_match(&self.rules, who, access, topic) {
             return permission == AclPermission::Allow;
         }
         match self.base {
             AccessPolicy::Open => true,
-            AccessPolicy::Car2home => first_match(&self.car2home, who, access, topic) == Some(AclPermission::Allow),
+            AccessPolicy::Car2home => {
+                first_match(&self.car2home, who, access, topic) == Some(AclPermission::Allow)
+                    || (access == Access::Publish
+                        && topic == APPLIANCE_CONTROL_TOPIC
+                        && payload.is_some_and(is_control))
+            }
         }
     }
+}
+
+/// The filter of a shared subscription `$share/<group>/<filter>`.
+fn shared_filter(filter: &str) -> Option<&str> {
+    let (group, filter) = filter.strip_prefix("$share/")?.split_once('/')?;
+    (!group.is_empty() && !filter.is_empty()).then_some(filter)
+}
+
+/// Whether `payload` is a 9-digit control string the ESP32 can apply.
+fn is_control(payload: &[u8]) -> bool {
+    std::str::from_utf8(payload).is_ok_and(|text| Control::parse(text).is_ok())
 }
 
 fn first_match(rules: &[AclRule], who: &Identity<'_>, access: Access, topic: &str) -> Option<AclPermission> {
@@ -219,7 +255,6 @@ mod tests {
         assert!(!policy.allows(&APP, Access::Subscribe, "#"));
         assert!(!policy.allows(&APP, Access::Subscribe, "webos/car/info"));
         assert!(!policy.allows(&APP, Access::Publish, "webos/car/info"));
-        assert!(!policy.allows(&APP, Access::Publish, "webos/smarthome/info"));
         assert!(!policy.allows(&APP, Access::Publish, "smarthomed/processor/availability"));
         assert!(!policy.allows(&APP, Access::Publish, "smarthomed/appliance/state"));
         assert!(!policy.allows(&ANONYMOUS, Access::Publish, "webos/android/info"));
@@ -228,6 +263,40 @@ mod tests {
         assert!(!policy.allows(&ANONYMOUS, Access::Subscribe, "webos/server/info"));
         assert!(!policy.allows(&ANONYMOUS, Access::Subscribe, "webos/#"));
         assert!(policy.allows(&ANONYMOUS, Access::Subscribe, "$SYS/broker/#"));
+    }
+
+    #[test]
+    fn car2home_apps_send_the_esp32_only_valid_controls() {
+        let policy = car2home();
+        for who in [APP, ANONYMOUS] {
+            assert!(policy.allows_publish(&who, "webos/smarthome/info", b"009060210"));
+            assert!(!policy.allows_publish(&who, "webos/smarthome/info", b"0090602100"));
+            assert!(!policy.allows_publish(&who, "webos/smarthome/info", b"03906021x"));
+            assert!(!policy.allows_publish(&who, "webos/smarthome/info", b"\xff\xfe"));
+            assert!(!policy.allows_publish(&who, "webos/smarthome/info", b""));
+            assert!(!policy.allows(&who, Access::Publish, "webos/smarthome/info"));
+            assert!(!policy.allows_publish(&who, "webos/smarthome/warning", b"009060210"));
+        }
+        let no_controls = [AclRule {
+            who: "*".into(),
+            client_id: None,
+            topic: "webos/smarthome/info".into(),
+            access: AclAccess::Write,
+            permission: AclPermission::Deny,
+        }];
+        let policy = Policy::new(&no_controls, AccessPolicy::Car2home);
+        assert!(!policy.allows_publish(&APP, "webos/smarthome/info", b"009060210"));
+    }
+
+    #[test]
+    fn a_shared_subscription_is_checked_by_its_filter() {
+        let policy = car2home();
+        assert!(policy.allows(&APP, Access::Subscribe, "$share/phones/smarthomed/#"));
+        assert!(!policy.allows(&APP, Access::Subscribe, "$share/phones/#"));
+        assert!(!policy.allows(&APP, Access::Subscribe, "$share//smarthomed/#"));
+        assert_eq!(shared_filter("$share/g/a/b"), Some("a/b"));
+        assert_eq!(shared_filter("$share/g"), None);
+        assert_eq!(shared_filter("$SYS/broker/uptime"), None);
     }
 
     #[test]

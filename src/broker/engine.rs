@@ -11,23 +11,27 @@
 //! other hooks mend what rmqtt leaves out: [`QueueKeeper`] stores what is queued for a
 //! persistent client when it leaves, [`ClientPacketLimit`] honours an MQTT 5 client's
 //! Maximum Packet Size, [`DropWatch`] counts and reports dropped messages, and
-//! [`ProcessorWatch`] tells when the processor is subscribed.
+//! [`ProcessorWatch`] tells when the processor is subscribed. [`SharedGroups`] gives
+//! each message of a `$share/<group>/...` subscription to one member of the group.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rmqtt::codec::types::{Publish as CodecPublish, QoS};
-use rmqtt::codec::v5::SubscribeAckReason;
+use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::{Builder, Listener};
 use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
+use rmqtt::subscribe::SharedSubscription;
 use rmqtt::types::{
-    AuthResult, ConnectInfo, Disconnect, From, Id, Publish, PublishAclResult, Reason, SubscribeAclResult,
+    AuthResult, ClientId, ConnectInfo, Disconnect, From, Id, IsOnline, NodeId, Publish, PublishAclResult,
+    PublishResult, Reason, SharedGroup, SubscribeAclResult, SubscriptionIdentifier, SubscriptionOptions, TopicName,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -131,6 +135,7 @@ impl Engine {
         let (retained, retained_writer) =
             RetainedMessages::open(&data_dir.join("retained.redb"), config.max_retained_messages).await?;
         *scx.extends.retain_mut().await = Box::new(retained);
+        *scx.extends.shared_subscription_mut().await = Box::new(SharedGroups::default());
         let register = scx.extends.hook_mgr().register();
         let refusals_logged = Arc::new(Mutex::new(LogLimiter::default()));
         let gatekeeper = || {
@@ -236,13 +241,17 @@ impl Handler for Gatekeeper {
                 (false, Some(HookResult::AuthResult(self.authenticate(connect).await)))
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                if self.allowed(session, Access::Publish, &publish.topic) {
+                if self.allowed(session, Request::Publish(&publish.payload), &publish.topic) {
                     return (true, acc);
                 }
-                (false, Some(HookResult::PublishAclResult(PublishAclResult::rejected(false, None))))
+                // 0x87 alone: rmqtt's `rejected` adds a reason string, and a PUBACK with
+                // properties is more than some small clients can read (the Paho test
+                // client among them); the log line says why.
+                let refused = PublishResult::reason_code(PublishAckReason::NotAuthorized, None, false);
+                (false, Some(HookResult::PublishAclResult(PublishAclResult(refused))))
             }
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
-                if self.allowed(session, Access::Subscribe, &subscribe.topic_filter) {
+                if self.allowed(session, Request::Subscribe, &subscribe.topic_filter) {
                     return (true, acc);
                 }
                 let refused = SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized);
@@ -287,19 +296,19 @@ impl Gatekeeper {
         }
     }
 
-    /// Whether the session's client may do `access` on `topic`; a refusal is logged
-    /// with who asked (at a bounded rate: the input comes from the network).
-    fn allowed(&self, session: &rmqtt::session::Session, access: Access, topic: &str) -> bool {
+    /// Whether the session's client may do what it asks on `topic`; a refusal is
+    /// logged with who asked (at a bounded rate: the input comes from the network).
+    fn allowed(&self, session: &rmqtt::session::Session, request: Request<'_>, topic: &str) -> bool {
         let identity = identity(session);
-        if self.policy.allows(&identity, access, topic) {
+        let (allowed, what) = match request {
+            Request::Publish(payload) => (self.policy.allows_publish(&identity, topic, payload), "a publish"),
+            Request::Subscribe => (self.policy.allows(&identity, Access::Subscribe, topic), "a subscription"),
+        };
+        if allowed {
             return true;
         }
         let verdict = self.refusals_logged.lock().unwrap_or_else(PoisonError::into_inner).check("acl", Instant::now());
         if let LogVerdict::Log { suppressed_before } = verdict {
-            let what = match access {
-                Access::Publish => "a publish",
-                Access::Subscribe => "a subscription",
-            };
             info!(
                 user = identity.user,
                 client_id = identity.client_id,
@@ -311,6 +320,14 @@ impl Gatekeeper {
         }
         false
     }
+}
+
+/// What a client asks the [`Gatekeeper`] for.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    /// To publish this payload.
+    Publish(&'a [u8]),
+    Subscribe,
 }
 
 /// Discards, for one client, a message larger than the Maximum Packet Size its MQTT 5
@@ -380,6 +397,48 @@ impl Handler for QueueKeeper {
         }
         (true, acc)
     }
+}
+
+/// Chooses which member of a shared subscription group (`$share/<group>/<filter>`, MQTT
+/// 5 and 3.1.1 alike) gets a message: the connected members in turn, or, when none is
+/// connected, the next member's session, which keeps it until its client returns.
+/// rmqtt only routes to a group through such a chooser; its own refuses every `$share`.
+#[derive(Default)]
+struct SharedGroups {
+    turn: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl SharedSubscription for SharedGroups {
+    fn is_supported(&self) -> bool {
+        true
+    }
+
+    async fn choice(
+        &self,
+        _scx: &ServerContext,
+        _group: &SharedGroup,
+        _publisher: &Id,
+        _topic: &TopicName,
+        members: &[(NodeId, ClientId, SubscriptionOptions, Option<Vec<SubscriptionIdentifier>>, Option<IsOnline>)],
+    ) -> Option<(usize, IsOnline)> {
+        let online = |index: usize| members[index].4.unwrap_or(false);
+        pick_member(members.len(), self.turn.fetch_add(1, Ordering::Relaxed), online)
+    }
+}
+
+/// Of `count` members, the first connected one from `turn` on (wrapping), or the one at
+/// `turn` when none is connected; with whether it is connected.
+fn pick_member(count: usize, turn: usize, online: impl Fn(usize) -> bool) -> Option<(usize, bool)> {
+    if count == 0 {
+        return None;
+    }
+    let start = turn % count;
+    (0..count)
+        .map(|offset| (start + offset) % count)
+        .find(|&index| online(index))
+        .map(|index| (index, true))
+        .or(Some((start, false)))
 }
 
 /// Counts every message the engine drops, by why, and says when a client does not keep
@@ -493,6 +552,15 @@ fn identity(session: &rmqtt::session::Session) -> Identity<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_group_takes_its_connected_members_in_turn() {
+        let connected = [true, false, true];
+        let picks: Vec<_> = (0..4).map(|turn| pick_member(3, turn, |index| connected[index])).collect();
+        assert_eq!(picks, [Some((0, true)), Some((2, true)), Some((2, true)), Some((0, true))]);
+        assert_eq!(pick_member(3, 4, |_| false), Some((1, false)));
+        assert_eq!(pick_member(0, 0, |_| true), None);
+    }
 
     #[test]
     fn dropped_messages_are_labelled_by_why() {

@@ -54,8 +54,8 @@ pub struct BrokerConfig {
     /// How long an MQTT 3.1.1 persistent session (clean session off) outlives its
     /// client; MQTT 5 clients ask for their own session expiry.
     pub session_expiry_secs: u64,
-    /// Who may publish and subscribe where, before `acl`'s rules: "open" (anyone,
-    /// anywhere) or "car2home" (README, "Access control").
+    /// Who may publish and subscribe where, before `acl`'s rules: "car2home" (the
+    /// default, README "Access control") or "open" (anyone, anywhere).
     pub access: AccessPolicy,
     /// Access rules, first match wins, checked before `access`.
     pub acl: Vec<AclRule>,
@@ -149,7 +149,7 @@ impl Default for BrokerConfig {
             max_subscriptions_per_client: 100,
             max_retained_messages: 10_000,
             session_expiry_secs: 7 * 24 * 3600,
-            access: AccessPolicy::Open,
+            access: AccessPolicy::Car2home,
             acl: Vec::new(),
             sys_interval_secs: 10,
             log_segment_bytes: None,

@@ -416,3 +416,46 @@ async fn a_client_without_an_id_gets_one_from_the_broker() {
     // MQTT 3.1.1: an empty id with a clean session is taken.
     assert!(connect(daemon.mqtt_port, "", None).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_shared_subscription_gives_each_message_to_one_member_of_its_group() {
+    let daemon = Daemon::start("broker", "", "");
+    daemon.wait_broker().await;
+    let (client, eventloop) = connect(daemon.mqtt_port, "worker-1", None).await.unwrap();
+    let mut first = subscriber(client, eventloop, "$share/workers/jobs/#").await;
+    let (client, eventloop) = connect(daemon.mqtt_port, "worker-2", None).await.unwrap();
+    let mut second = subscriber(client, eventloop, "$share/workers/jobs/#").await;
+    let (client, eventloop) = connect(daemon.mqtt_port, "watcher", None).await.unwrap();
+    let mut watcher = subscriber(client, eventloop, "jobs/#").await;
+    let publisher = common::app::publisher(&daemon, "dispatcher").await;
+    const JOBS: usize = 10;
+    for job in 0..JOBS {
+        publisher.publish("jobs/new", QoS::AtLeastOnce, false, job.to_string()).await.unwrap();
+    }
+    // The plain subscriber sees every job; the group sees each once, spread over its members.
+    for _ in 0..JOBS {
+        tokio::time::timeout(Duration::from_secs(5), watcher.recv()).await.expect("a job").expect("subscription");
+    }
+    let mut taken = Vec::new();
+    let mut per_member = [0usize; 2];
+    while taken.len() < JOBS {
+        let (index, delivery) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::select! {
+                delivery = first.recv() => (0, delivery),
+                delivery = second.recv() => (1, delivery),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the group got {} of {JOBS} jobs", taken.len()));
+        let (_, payload, _) = delivery.expect("subscription");
+        per_member[index] += 1;
+        taken.push(payload);
+    }
+    taken.sort_by_key(|job| job.parse::<usize>().unwrap_or(usize::MAX));
+    assert_eq!(taken, (0..JOBS).map(|job| job.to_string()).collect::<Vec<_>>());
+    assert!(per_member.iter().all(|&count| count > 0), "one member got them all: {per_member:?}");
+    for member in [&mut first, &mut second] {
+        let extra = tokio::time::timeout(Duration::from_millis(300), member.recv()).await;
+        assert!(extra.is_err(), "a job was given twice: {extra:?}");
+    }
+}

@@ -157,8 +157,13 @@ impl Daemon {
                 std::fs::write(dir.path().join("keys").join(name), value).expect("write key");
             }
         }
+        // The tests' own observers and stand-ins (an operator reading `#`, a fake ESP32
+        // or robot under a test's client id) reach everywhere unless a test asks for a
+        // policy: "car2home", the daemon's default, has tests of its own (broker_access,
+        // robots) that use the real identities.
+        let access = if broker_table.contains("access =") { "" } else { "access = \"open\"\n" };
         let config = format!(
-            "[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\nws_listen = \"127.0.0.1:{ws_port}\"\n{broker_table}\n\
+            "[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\nws_listen = \"127.0.0.1:{ws_port}\"\n{access}{broker_table}\n\
              [store]\ndir = \"{}\"\n{extra}\n",
             dir.path().join("data").display()
         );
