@@ -203,6 +203,10 @@ fn car2home_rules() -> Vec<AclRule> {
         rule("*", None, "smarthomed/#", Read),
         rule("*", None, "homeassistant/#", Read),
         rule("*", None, "$SYS/broker/#", Read),
+        // Home Assistant's commands (validated by the processor like an app's) and its
+        // birth message, which asks for discovery again (the default discovery prefix).
+        rule("*", None, "smarthomed/ha/+/set", Write),
+        rule("*", None, "homeassistant/status", Write),
         rule("*", None, "smarthomed/robot/v1/+/estop/request", Write),
         rule("*", None, "smarthomed/robot/v1/%r/connection", Write),
         rule("*", None, "smarthomed/robot/v1/%r/state", Write),
@@ -317,6 +321,11 @@ mod tests {
     #[test]
     fn car2home_devices_use_only_their_own_topics() {
         let policy = car2home();
+        let home_assistant = Identity { user: Some("homeassistant"), client_id: "ha" };
+        assert!(policy.allows(&home_assistant, Access::Publish, "smarthomed/ha/light/set"));
+        assert!(policy.allows(&home_assistant, Access::Publish, "homeassistant/status"));
+        assert!(policy.allows(&home_assistant, Access::Subscribe, "homeassistant/#"));
+        assert!(!policy.allows(&home_assistant, Access::Publish, "homeassistant/light/x/config"));
         assert!(policy.allows(&ESP32, Access::Subscribe, "webos/smarthome/#"));
         assert!(policy.allows(&ESP32, Access::Publish, "data/smarthome"));
         assert!(!policy.allows(&APP, Access::Publish, "data/smarthome"));

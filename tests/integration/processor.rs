@@ -419,7 +419,8 @@ async fn a_flood_of_garbage_is_answered_in_full_and_logged_in_part() {
 
 #[tokio::test]
 async fn home_assistant_discovers_the_home_and_drives_it_through_the_control_path() {
-    let daemon = start("").await;
+    // Under the default policy, with Home Assistant's and the ESP32's own rights.
+    let daemon = start_with_broker("access = \"car2home\"\n", "").await;
     let mut discovery = listen(&daemon, "home-assistant", "homeassistant/#").await;
     let mut configs = std::collections::HashMap::new();
     tokio::time::timeout(Duration::from_secs(15), async {
