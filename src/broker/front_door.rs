@@ -5,16 +5,18 @@
 //! or refuses it ([`connect`], [`login`](super::login)) with the protocol's reason code
 //! and a log line naming the client's real address, and splices the connection to the
 //! engine's loopback listener behind a PROXY v1 header, so the engine sees that address
-//! too. It also enforces the connection limit before a connection costs the engine
-//! anything, gives a WebSocket upgrade the same connect timeout, and terminates TLS for
-//! the `tls_listen` and `wss_listen` doors, so the certificate can change without a
-//! restart. On a stop, each admitted connection's input ends as if its client had
+//! too. It follows the packets each client sends ([`packet_watch`]): it counts them,
+//! ends the connection after a DISCONNECT, and refuses an MQTT 5 topic alias with the
+//! DISCONNECT the engine does not send. It also enforces the connection limit before a
+//! connection costs the engine anything, gives a WebSocket upgrade the same connect
+//! timeout, and terminates TLS for the `tls_listen` and `wss_listen` doors, so the
+//! certificate can change without a restart. On a stop, each admitted connection's input ends as if its client had
 //! gone, and the engine's output is read until it closes: a write that fails inside
 //! the engine would lose the message it carried.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,7 +29,7 @@ use tracing::{debug, info, warn};
 use super::certificates::Certificates;
 use super::connect::{self, Connect, Refusal};
 use super::login::{LoginGate, Verdict};
-use super::packet_counter::PacketCounter;
+use super::packet_watch::{self, PacketWatch, Stop};
 use super::sys::Counters;
 use crate::config::INTERNAL_MQTT_USER;
 use crate::log_limit::{LogLimiter, Verdict as LogVerdict};
@@ -223,7 +225,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let listener = admission.listener;
-    let (backend_addr, prefix) = match route {
+    let (backend_addr, prefix, watch, client_id) = match route {
         Route::WebSocket(addr) => {
             // The WebSocket upgrade request must come within the connect timeout too.
             let Some(head) =
@@ -236,7 +238,7 @@ where
             if admission.unless_stopping(admission.open_to_public.cancelled()).await.is_none() {
                 return Ok(());
             }
-            (addr, head)
+            (addr, head, None, String::new())
         }
         Route::Mqtt(addr) => {
             let Some(packet) =
@@ -256,7 +258,8 @@ where
                     {
                         return Ok(());
                     }
-                    (addr, connect.encode())
+                    let watch = if level == 5 { PacketWatch::refusing_topic_aliases() } else { PacketWatch::default() };
+                    (addr, connect.encode(), Some(watch), client_id)
                 }
                 Err(refusal) => {
                     info!(listener, %peer, client_id, user, "refused MQTT connection: {}", refusal.describe());
@@ -275,12 +278,15 @@ where
     first.extend_from_slice(&prefix);
     backend.write_all(&first).await?;
     // Only plain MQTT is framed as packets here; WebSocket carries them in its frames.
-    let packets = matches!(route, Route::Mqtt(_));
+    let sent_watch = watch.is_some().then(PacketWatch::default);
     let _connected = Connected::count(&counters);
-    let mut received = Tally::new(listener, Direction::Received, packets, counters.clone());
+    let mut received = Tally::new(listener, Direction::Received, watch, counters.clone());
     // The CONNECT alone: nothing after it has been read.
     received.saw(&prefix);
-    let sent = Tally::new(listener, Direction::Sent, packets, counters);
+    let sent = Tally::new(listener, Direction::Sent, sent_watch, counters);
+    // What the client is told after the engine's last words, when the front door ends
+    // the connection.
+    let parting = OnceLock::new();
     let (mut client_in, mut client_out) = tokio::io::split(client);
     let (backend_in, mut backend_out) = backend.into_split();
     // Ends when the client said DISCONNECT or went away; the engine is then told with
@@ -293,18 +299,33 @@ where
                 None | Some(Ok(0) | Err(_)) => break,
                 Some(Ok(read)) => read,
             };
-            // Nothing after a DISCONNECT goes on, and the connection ends with it.
-            let disconnect_end = received.saw(&buf[..read]);
-            if backend_out.write_all(&buf[..disconnect_end.unwrap_or(read)]).await.is_err() {
+            // Nothing after a DISCONNECT goes on, and the connection ends with it; nor
+            // does a topic alias, which ends the connection with the reason.
+            let stop = received.saw(&buf[..read]);
+            let forward = match stop {
+                None => read,
+                Some(Stop::Disconnect { end }) => end,
+                Some(Stop::TopicAlias { start }) => start,
+            };
+            if backend_out.write_all(&buf[..forward]).await.is_err() {
                 return;
             }
-            if disconnect_end.is_some() {
+            if let Some(Stop::TopicAlias { .. }) = stop {
+                info!(
+                    listener,
+                    peer = %admission.peer,
+                    client_id,
+                    "MQTT 5 client sent a topic alias, which this broker takes none of: disconnecting it (0x94)"
+                );
+                let _ = parting.set(&packet_watch::TOPIC_ALIAS_INVALID[..]);
+            }
+            if stop.is_some() {
                 break;
             }
         }
         let _ = backend_out.shutdown().await;
     };
-    let replies = forward_replies(backend_in, &mut client_out, sent);
+    let replies = forward_replies(backend_in, &mut client_out, sent, &parting);
     tokio::pin!(requests, replies);
     tokio::select! {
         () = &mut requests => {
@@ -326,18 +347,26 @@ const ENGINE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// for our delayed ACK. Once the client cannot take more, the rest is read and dropped
 /// until the engine closes: a write that fails inside the engine loses the message it
 /// carried (rmqtt 0.24 drops it), while a message written and never acknowledged is
-/// delivered again when the client's session resumes.
+/// delivered again when the client's session resumes. When the engine closes, the
+/// client gets the `parting` packet, if one was set, before the end of its connection.
 async fn forward_replies(
     mut from: tokio::net::tcp::OwnedReadHalf,
     to: &mut (impl AsyncWrite + Unpin),
     mut sent: Tally,
+    parting: &OnceLock<&'static [u8]>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut client_gone = false;
     loop {
         let read = from.read(&mut buf).await?;
         if read == 0 {
-            return if client_gone { Ok(()) } else { to.shutdown().await };
+            if client_gone {
+                return Ok(());
+            }
+            if let Some(packet) = parting.get() {
+                to.write_all(packet).await?;
+            }
+            return to.shutdown().await;
         }
         if client_gone {
             continue;
@@ -377,7 +406,7 @@ enum Direction {
 /// The bytes, and on plain MQTT the messages (PUBLISH packets), one direction of a
 /// connection carries, counted per listener for the metrics and in all for `$SYS`.
 struct Tally {
-    packets: Option<PacketCounter>,
+    packets: Option<PacketWatch>,
     messages: metrics::Counter,
     bytes: metrics::Counter,
     direction: Direction,
@@ -385,13 +414,19 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(listener: &'static str, direction: Direction, packets: bool, counters: Arc<Counters>) -> Self {
+    /// `packets` follows the packets of a plain MQTT connection (WebSocket frames hide them).
+    fn new(
+        listener: &'static str,
+        direction: Direction,
+        packets: Option<PacketWatch>,
+        counters: Arc<Counters>,
+    ) -> Self {
         let name = match direction {
             Direction::Received => "received",
             Direction::Sent => "sent",
         };
         Self {
-            packets: packets.then(PacketCounter::default),
+            packets,
             messages: metrics::counter!(format!("smarthomed_broker_messages_{name}_total"), "listener" => listener),
             bytes: metrics::counter!(format!("smarthomed_broker_bytes_{name}_total"), "listener" => listener),
             direction,
@@ -399,8 +434,8 @@ impl Tally {
         }
     }
 
-    /// Counts `bytes`; returns where a DISCONNECT in them ends.
-    fn saw(&mut self, bytes: &[u8]) -> Option<usize> {
+    /// Counts `bytes`; returns where the watch on them stopped, if it did.
+    fn saw(&mut self, bytes: &[u8]) -> Option<Stop> {
         let (total_messages, total_bytes) = match self.direction {
             Direction::Received => (&self.counters.messages_received, &self.counters.bytes_received),
             Direction::Sent => (&self.counters.messages_sent, &self.counters.bytes_sent),
@@ -411,7 +446,7 @@ impl Tally {
         let seen = packets.follow(bytes);
         self.messages.increment(seen.publishes);
         total_messages.fetch_add(seen.publishes, Ordering::Relaxed);
-        seen.disconnect_end
+        seen.stop
     }
 }
 

@@ -13,8 +13,8 @@ pub mod connect;
 pub mod engine;
 pub mod front_door;
 pub mod login;
-pub mod packet_counter;
 pub mod packet_size;
+pub mod packet_watch;
 pub mod retained;
 pub mod sys;
 

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Daemon, connect, expect_message, subscriber};
+use common::{Daemon, connect, expect_message, raw_mqtt, subscriber};
 use rumqttc::{MqttOptions, QoS, Transport};
 
 fn password_hash(password: &str) -> String {
@@ -277,30 +277,10 @@ async fn tls_and_wss_listeners_serve_a_certificate_renewed_on_disk_without_a_res
     assert!(!daemon.log().contains("PRIVATE KEY"));
 }
 
-/// Sends `connect` on a raw TCP connection and returns the CONNACK's return code
-/// (3.1.1) or reason code (5), or None when the connection closed without one.
+/// The CONNACK's return code (3.1.1) or reason code (5) for `connect`, or None when
+/// the connection closed without one.
 async fn connack_code(port: u16, connect: &smarthomed::broker::connect::Connect) -> Option<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    stream.write_all(&connect.encode()).await.ok()?;
-    let mut header = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut header)).await.ok()?.ok()?;
-    assert_eq!(header[0], 0x20, "not a CONNACK: {header:?}");
-    Some(header[3])
-}
-
-fn raw_connect(level: u8, client_id: &str, login: Option<(&str, &str)>) -> smarthomed::broker::connect::Connect {
-    smarthomed::broker::connect::Connect {
-        protocol_name: b"MQTT".to_vec(),
-        level,
-        flags: 0x02,
-        keep_alive: 0,
-        properties: Vec::new(),
-        client_id: client_id.into(),
-        will: None,
-        username: login.map(|(user, _)| user.to_owned()),
-        password: login.map(|(_, pass)| pass.as_bytes().to_vec()),
-    }
+    common::raw_mqtt::connack(port, connect).await.map(|(_, packet)| packet[3])
 }
 
 /// `smarthomed broker` with the account esp32 / right, accepting it.
@@ -309,7 +289,7 @@ async fn broker_with_an_account() -> Daemon {
     let daemon = Daemon::start("broker", &broker, "");
     let port = daemon.mqtt_port;
     common::wait_for_async(Duration::from_secs(20), "the broker", || async move {
-        connack_code(port, &raw_connect(4, "probe", Some(("esp32", "right")))).await
+        connack_code(port, &raw_mqtt::connect_packet(4, "probe", Some(("esp32", "right")))).await
     })
     .await;
     daemon
@@ -330,7 +310,7 @@ async fn keep_alive_0_is_taken_and_every_refusal_carries_its_reason_code() {
         (4, Some(("esp32", "right")), "smarthomed-processor", 0x05, "the processor's client id"),
         (5, Some(("smarthomed", "guess")), "smarthomed-processor", 0x86, "the internal user, guessed"),
     ] {
-        let code = connack_code(port, &raw_connect(level, client_id, login)).await;
+        let code = connack_code(port, &raw_mqtt::connect_packet(level, client_id, login)).await;
         assert_eq!(code, Some(expected), "{why}");
     }
     let log = daemon.log();
@@ -346,7 +326,7 @@ async fn a_flood_of_wrong_passwords_keeps_memory_flat_and_makes_the_flooder_wait
     let attempts: Vec<_> = (0..200)
         .map(|n| {
             tokio::spawn(async move {
-                connack_code(port, &raw_connect(4, &format!("guess-{n}"), Some(("esp32", "wrong")))).await
+                connack_code(port, &raw_mqtt::connect_packet(4, &format!("guess-{n}"), Some(("esp32", "wrong")))).await
             })
         })
         .collect();
@@ -360,5 +340,5 @@ async fn a_flood_of_wrong_passwords_keeps_memory_flat_and_makes_the_flooder_wait
     assert!(codes.contains(&Some(0x03)), "the flooding address was never told to wait");
     assert!(after < before + 100 * 1024, "{before} KiB -> {after} KiB");
     // The address that flooded waits out the window, even with the right password.
-    assert_eq!(connack_code(port, &raw_connect(4, "late", Some(("esp32", "right")))).await, Some(0x03));
+    assert_eq!(connack_code(port, &raw_mqtt::connect_packet(4, "late", Some(("esp32", "right")))).await, Some(0x03));
 }

@@ -1,7 +1,7 @@
 //! What MQTT asks of a broker, checked on the embedded one (`smarthomed broker`) with
 //! real clients: delivered QoS, MQTT 5 session expiry, no local, retain handling, the
-//! client's maximum packet size and receive maximum, a subscriber that falls behind,
-//! and Mosquitto's `$SYS` topics.
+//! client's maximum packet size and receive maximum, topic aliases (refused), a
+//! subscriber that falls behind, and Mosquitto's `$SYS` topics.
 
 use crate::common;
 
@@ -458,4 +458,59 @@ async fn a_shared_subscription_gives_each_message_to_one_member_of_its_group() {
         let extra = tokio::time::timeout(Duration::from_millis(300), member.recv()).await;
         assert!(extra.is_err(), "a job was given twice: {extra:?}");
     }
+}
+
+#[tokio::test]
+async fn mqtt_5_a_topic_alias_gets_a_disconnect_with_0x94_and_goes_nowhere() {
+    let daemon = Daemon::start("broker", "", "");
+    daemon.wait_broker().await;
+    let port = daemon.mqtt_port;
+    // The broker offers no topic aliases: its CONNACK carries no Topic Alias Maximum.
+    let (_client, mut eventloop) =
+        rumqttc::v5::AsyncClient::new(rumqttc::v5::MqttOptions::new("alias-asker", "127.0.0.1", port), 8);
+    let offered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let rumqttc::v5::Event::Incoming(V5Packet::ConnAck(ack)) = eventloop.poll().await.expect("connect") {
+                return ack.properties.and_then(|properties| properties.topic_alias_max);
+            }
+        }
+    })
+    .await
+    .expect("CONNACK");
+    assert_eq!(offered, None);
+
+    let (client, eventloop) = connect(port, "alias-watcher", None).await.unwrap();
+    let mut watcher = subscriber(client, eventloop, "alias/#").await;
+    // Alias 0 is never allowed; any other is over the maximum the broker gave (0).
+    for alias in [0u16, 1] {
+        let connect = common::raw_mqtt::connect_packet(5, &format!("alias-{alias}"), None);
+        let (mut stream, connack) = common::raw_mqtt::connack(port, &connect).await.expect("CONNACK");
+        assert_eq!(connack[3], 0x00, "refused: {connack:?}");
+        let [high, low] = alias.to_be_bytes();
+        // PUBLISH, QoS 1, to alias/x, packet id 1, properties: the topic alias.
+        let mut body = vec![0x00, 0x07];
+        body.extend_from_slice(b"alias/x");
+        body.extend_from_slice(&[0x00, 0x01, 0x03, 0x23, high, low]);
+        body.extend_from_slice(b"aliased");
+        let mut publish = vec![0x32, u8::try_from(body.len()).unwrap()];
+        publish.extend(body);
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &publish).await.unwrap();
+        let reply = common::raw_mqtt::next_packet(&mut stream).await;
+        assert_eq!(reply.as_deref(), Some(&[0xe0, 0x01, 0x94][..]), "alias {alias}");
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::io::AsyncReadExt::read(&mut stream, &mut [0u8; 16]).await
+        })
+        .await
+        .expect("the connection stayed open after the DISCONNECT");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    }
+    // Neither message reached anyone: the first to arrive is one sent after them.
+    let publisher = common::app::publisher(&daemon, "alias-marker").await;
+    publisher.publish("alias/marker", QoS::AtLeastOnce, false, "after").await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), watcher.recv()).await.expect("the marker");
+    assert_eq!(first.map(|(topic, _, _)| topic).as_deref(), Some("alias/marker"));
+    common::wait_for(Duration::from_secs(10), "the refusal's log line", || {
+        daemon.log().contains("client_id=\"alias-0\"").then_some(())
+    })
+    .await;
 }

@@ -10,6 +10,7 @@ pub mod firestore_emulator;
 pub mod google_token;
 pub mod mosquitto;
 pub mod proxy;
+pub mod raw_mqtt;
 pub mod robots;
 pub mod rtdb;
 pub mod slack;
