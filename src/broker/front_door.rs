@@ -10,9 +10,9 @@
 //! DISCONNECT the engine does not send. It also enforces the connection limit before a
 //! connection costs the engine anything, gives a WebSocket upgrade the same connect
 //! timeout, and terminates TLS for the `tls_listen` and `wss_listen` doors, so the
-//! certificate can change without a restart. On a stop, each admitted connection's input ends as if its client had
-//! gone, and the engine's output is read until it closes: a write that fails inside
-//! the engine would lose the message it carried.
+//! certificate can change without a restart. On a stop, each admitted connection's
+//! input ends as if its client had gone, and the engine's output is read until it
+//! closes: a write that fails inside the engine would lose the message it carried.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -86,8 +86,9 @@ impl PacketWatch {
         Self { refuse_topic_aliases: true, ..Self::default() }
     }
 
-    /// Follows `bytes`, the next part of the stream. After a stop, nothing more should
-    /// be given to it.
+    /// Follows `bytes`, the next part of the stream. After a DISCONNECT it goes on with
+    /// the next packet; after a topic alias it is inside that packet, and the front
+    /// door ends the connection there.
     pub fn follow(&mut self, bytes: &[u8]) -> Seen {
         let mut seen = Seen::default();
         // Where the packet being read began in `bytes`; 0 for one begun earlier.
