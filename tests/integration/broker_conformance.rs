@@ -402,16 +402,8 @@ async fn a_client_without_an_id_gets_one_from_the_broker() {
     daemon.wait_broker().await;
     let mut options = rumqttc::v5::MqttOptions::new("", "127.0.0.1", daemon.mqtt_port);
     options.set_clean_start(true);
-    let (_client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 8);
-    let assigned = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let rumqttc::v5::Event::Incoming(V5Packet::ConnAck(ack)) = eventloop.poll().await.expect("connect") {
-                return ack.properties.and_then(|properties| properties.assigned_client_identifier);
-            }
-        }
-    })
-    .await
-    .expect("CONNACK");
+    let assigned =
+        common::v5::connack_properties(options).await.and_then(|properties| properties.assigned_client_identifier);
     assert!(assigned.is_some_and(|id| !id.is_empty()), "no client id assigned");
     // MQTT 3.1.1: an empty id with a clean session is taken.
     assert!(connect(daemon.mqtt_port, "", None).await.is_ok());
@@ -466,17 +458,9 @@ async fn mqtt_5_a_topic_alias_gets_a_disconnect_with_0x94_and_goes_nowhere() {
     daemon.wait_broker().await;
     let port = daemon.mqtt_port;
     // The broker offers no topic aliases: its CONNACK carries no Topic Alias Maximum.
-    let (_client, mut eventloop) =
-        rumqttc::v5::AsyncClient::new(rumqttc::v5::MqttOptions::new("alias-asker", "127.0.0.1", port), 8);
-    let offered = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let rumqttc::v5::Event::Incoming(V5Packet::ConnAck(ack)) = eventloop.poll().await.expect("connect") {
-                return ack.properties.and_then(|properties| properties.topic_alias_max);
-            }
-        }
-    })
-    .await
-    .expect("CONNACK");
+    let offered = common::v5::connack_properties(common::v5::options(port, "alias-asker"))
+        .await
+        .and_then(|properties| properties.topic_alias_max);
     assert_eq!(offered, None);
 
     let (client, eventloop) = connect(port, "alias-watcher", None).await.unwrap();

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnAckProperties, Packet};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A client connected with `clean_start` and a session expiry; returns it, the packets
@@ -30,15 +30,7 @@ pub fn options(port: u16, id: &str) -> MqttOptions {
 /// As [`client`], with the given options.
 pub async fn client_with(options: MqttOptions) -> (AsyncClient, UnboundedReceiver<Packet>, bool) {
     let (client, mut eventloop) = AsyncClient::new(options, 16);
-    let session_present = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Event::Incoming(Packet::ConnAck(ack)) = eventloop.poll().await.expect("connect") {
-                return ack.session_present;
-            }
-        }
-    })
-    .await
-    .expect("CONNACK");
+    let session_present = connack(&mut eventloop).await.session_present;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(event) = eventloop.poll().await {
@@ -70,4 +62,24 @@ pub async fn next_packet<T>(
     .await
     .ok()
     .flatten()
+}
+
+/// The properties of the CONNACK a client connecting with `options` gets (None when it
+/// carries none); the client then goes.
+pub async fn connack_properties(options: MqttOptions) -> Option<ConnAckProperties> {
+    let (_client, mut eventloop) = AsyncClient::new(options, 8);
+    connack(&mut eventloop).await.properties
+}
+
+/// Polls a new client's event loop until its CONNACK (5 s at most).
+async fn connack(eventloop: &mut EventLoop) -> ConnAck {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Event::Incoming(Packet::ConnAck(ack)) = eventloop.poll().await.expect("connect") {
+                return ack;
+            }
+        }
+    })
+    .await
+    .expect("CONNACK")
 }
